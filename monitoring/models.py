@@ -1,0 +1,65 @@
+from django.db import models
+
+
+class Status(models.TextChoices):
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    LOST = "lost"
+
+
+# States after which the row does not change again.
+FINISHED_STATUSES = frozenset(Status) - {Status.STARTED}
+
+
+class TaskExecution(models.Model):
+    """One execution attempt of one Celery task: written when it starts, finished when it ends.
+
+    A retry or a redelivery of the same task id gets a row of its own, so the history shows
+    every attempt; `attempt` is Celery's retry count plus one.
+    """
+
+    task_id = models.CharField(max_length=255)
+    task_name = models.CharField(max_length=255)
+    # The django-celery-beat PeriodicTask name when beat (or "run now") sent the task.
+    periodic_task_name = models.CharField("job", max_length=200, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTED)
+    attempt = models.PositiveIntegerField(default=1)
+    worker = models.CharField(max_length=255, blank=True, default="")
+    queue = models.CharField(max_length=255, blank=True, default="")
+    # Truncated JSON text, so that a huge argument cannot bloat the audit table.
+    args = models.TextField(blank=True, default="")
+    kwargs = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration = models.DurationField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error_type = models.CharField(max_length=255, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    parent_id = models.CharField(max_length=255, blank=True, default="")
+    root_id = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            # Admin list, newest first, and its date hierarchy.
+            models.Index(fields=["-started_at"], name="execution_started_idx"),
+            # Search by task id; the reaper and the audit hook's fallback look rows up by it.
+            models.Index(fields=["task_id"], name="execution_task_id_idx"),
+            # Admin filters by status and by task, each newest first.
+            models.Index(fields=["status", "-started_at"], name="execution_status_idx"),
+            models.Index(fields=["task_name", "-started_at"], name="execution_task_idx"),
+            # Health view: last run and last success of each periodic job.
+            models.Index(
+                fields=["periodic_task_name", "status", "-started_at"], name="execution_job_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.task_id} attempt {self.attempt}: {self.status}"

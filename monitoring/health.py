@@ -5,6 +5,7 @@ and derives each enabled periodic job's status from its audit rows, the way heal
 derives a check's status from its last ping: computed on read from one `now`.
 """
 
+import copy
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,8 +30,11 @@ BROKER_TIMEOUT = 1.0
 def next_run(schedule: Any, after: datetime) -> datetime:
     """When `schedule` (a Celery schedule) next fires after `after`."""
     if isinstance(schedule, crontab):
-        start, delta, _ = schedule.remaining_delta(after)
-        return start + delta
+        # Celery's crontab measures from its own now(); pin that to `after` to ask when it
+        # fires next after `after`. (Across a DST change this can be an hour off: issue 5.)
+        pinned = copy.copy(schedule)
+        pinned.nowfun = lambda: after
+        return after + pinned.remaining_estimate(after)
     return after + schedule.run_every
 
 
@@ -89,7 +93,8 @@ def check_broker() -> str:
             connect_timeout=BROKER_TIMEOUT,
             transport_options={"socket_timeout": BROKER_TIMEOUT, "max_retries": 0},
         ) as conn:
-            conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
+            # One attempt: a probe must answer within its budget, not wait for retries.
+            conn.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT)
         return "up"
     except Exception as exc:  # kombu raises transport-specific errors; any of them means down.
         logger.warning("event=health_check component=broker status=down error=%s", type(exc))

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import signals
+from celery.exceptions import Retry
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
@@ -139,7 +140,9 @@ def on_task_retry(
     state = _running.get(getattr(request, "id", ""))
     if state is None:
         return
-    if isinstance(reason, BaseException):
+    # `reason` is Celery's Retry exception; the error that caused the retry is its `exc`.
+    reason = getattr(reason, "exc", None) or reason
+    if isinstance(reason, BaseException) and not isinstance(reason, Retry):
         state["error"] = describe_error(reason, einfo)
     else:
         state["error"] = {"error_type": "Retry", "error_message": str(reason)[:MESSAGE_MAX_CHARS]}

@@ -1,0 +1,38 @@
+"""Tasks the integration tests send to real workers (loaded with `celery worker --include`)."""
+
+import time
+
+from celery import shared_task
+
+
+@shared_task(name="tests.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@shared_task(name="tests.boom")
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@shared_task(name="tests.flaky", bind=True, max_retries=3, default_retry_delay=0)
+def flaky(self, failures: int) -> str:
+    """Fails `failures` times, retrying each time, then succeeds."""
+    if self.request.retries < failures:
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries + 1} failed"))
+    return f"succeeded on attempt {self.request.retries + 1}"
+
+
+@shared_task(name="tests.sleep")
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@shared_task(name="tests.backend_pid")
+def backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]

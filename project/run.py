@@ -12,6 +12,7 @@ honcho (a Procfile runner) was considered: it stops every process at once, so Re
 away under a worker that is finishing its tasks, and it kills after 5 s.
 """
 
+import contextlib
 import functools
 import http.server
 import os
@@ -104,10 +105,8 @@ class Child:
 
     def kill(self) -> None:
         # The whole process group: a worker's pool children, a shell's grandchildren.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.popen.wait()
 
 

@@ -56,7 +56,7 @@ def test_crontab_job_is_down_past_next_due_plus_one_period():
     daily = crontab(minute=0, hour=6)
     ran = datetime(2026, 11, 21, 6, 0, 5, tzinfo=UTC)
     # due 2026-11-22 06:00, down once a day more has passed
-    assert state(schedule=daily, last_success=ran, now=NOW).status == "late"
+    assert state(schedule=daily, last_success=ran, now=ran + timedelta(hours=30)).status == "late"
     now = datetime(2026, 11, 23, 6, 0, 6, tzinfo=UTC)
     assert state(schedule=daily, last_success=ran, now=now).status == "down"
 

@@ -31,7 +31,8 @@ def test_succeeded_task_leaves_a_complete_row(worker):
     assert row.args == "[2, 3]"
     assert row.attempt == 1
     assert row.finished_at >= row.started_at
-    assert row.duration is not None and row.duration.total_seconds() >= 0
+    assert row.duration is not None
+    assert row.duration.total_seconds() >= 0
 
 
 def test_failed_task_records_error_type_message_and_traceback(worker):
@@ -42,7 +43,8 @@ def test_failed_task_records_error_type_message_and_traceback(worker):
     assert row.status == Status.FAILED
     assert row.error_type == "ValueError"
     assert row.error_message == "feed http://x returned 500"
-    assert "Traceback" in row.traceback and "raise ValueError(message)" in row.traceback
+    assert "Traceback" in row.traceback
+    assert "raise ValueError(message)" in row.traceback
     assert row.result is None
 
 

@@ -12,7 +12,7 @@ whole row instead, so a database that comes back during the task still gets the 
 import json
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import signals
@@ -59,17 +59,25 @@ def summarise_result(value: Any) -> Any:
     return value
 
 
-def job_name(request: Any) -> str:
-    """The periodic job that sent the task: django-celery-beat adds a `periodic_task_name` header.
+def header(request: Any, name: str) -> Any:
+    """A custom message header: Celery exposes them as request attributes (protocol 2) or, for
+    some transports and message versions, inside `request.headers`."""
+    value = getattr(request, name, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(name)
+    return value
 
-    Celery exposes custom headers as request attributes (protocol 2) or, for some transports and
-    message versions, inside `request.headers`.
-    """
-    name = getattr(request, "periodic_task_name", None)
-    if not name:
-        headers = getattr(request, "headers", None) or {}
-        name = headers.get("periodic_task_name")
-    return str(name or "")[:200]
+
+def job_name(request: Any) -> str:
+    """The periodic job that sent the task (django-celery-beat's `periodic_task_name` header)."""
+    return str(header(request, "periodic_task_name") or "")[:200]
+
+
+def note_error(task_id: str, error_type: str, message: str) -> None:
+    """Remember why a running task ends the way it will, for its final audit write."""
+    state = _running.get(task_id)
+    if state is not None:
+        state["error"] = {"error_type": error_type, "error_message": message[:MESSAGE_MAX_CHARS]}
 
 
 def describe_request(task: Any, request: Any) -> dict[str, Any]:
@@ -108,6 +116,8 @@ def on_task_prerun(sender: Any = None, task_id: str = "", task: Any = None, **kw
     state = {"fields": fields, "started_at": started_at, "t0": time.monotonic(), "pk": None}
     _running[task_id] = state
     try:
+        if (task.request.delivery_info or {}).get("redelivered"):
+            mark_lost(task_id, started_at)
         state["pk"] = TaskExecution.objects.create(started_at=started_at, **fields).pk
     except DatabaseError:
         # The final write will try to insert the whole row.
@@ -119,6 +129,16 @@ def on_task_prerun(sender: Any = None, task_id: str = "", task: Any = None, **kw
         fields["task_name"],
         fields["periodic_task_name"] or "-",
         fields["attempt"],
+    )
+
+
+def mark_lost(task_id: str, now: datetime) -> int:
+    """Rows of this task still `started` belong to attempts whose worker died: they are lost."""
+    return TaskExecution.objects.filter(task_id=task_id, status=Status.STARTED).update(
+        status=Status.LOST,
+        finished_at=now,
+        error_type="WorkerLost",
+        error_message="the worker died during this attempt; the task was delivered again",
     )
 
 

@@ -8,7 +8,8 @@ from celery.signals import setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-app = Celery("newsbeat")
+# Every task gets the scheduling guards (no overlap, one run per slot, poison detection).
+app = Celery("newsbeat", task_cls="monitoring.guards:GuardedTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 

@@ -183,6 +183,9 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "monitoring.beat:DatabaseScheduler"
+# Write each dispatch's last_run_at to the database at once, so a standby beat that takes over
+# knows exactly which slots were already sent.
+CELERY_BEAT_SYNC_EVERY = 1
 # Celery's Django fixup closes every database connection before and after each task unless this
 # is set; then it closes them only every 2 x N tasks. Reconnecting per task made the audit hook
 # 8x slower (issue 2).
@@ -200,7 +203,14 @@ NEWSBEAT_PERIODIC_JOBS = {
         "task": "pipeline.poll_stories",
         "every": timedelta(minutes=env_int("NEWSBEAT_POLL_STORIES_MINUTES", 60, minimum=1)),
     },
+    "reap-lost-executions": {"task": "monitoring.reap_lost", "every": timedelta(minutes=5)},
+    "purge-executions": {
+        "task": "monitoring.purge_executions",
+        "crontab": {"minute": "30", "hour": "3"},
+        "expire_seconds": 3600,
+    },
 }
+NEWSBEAT_EXECUTION_RETENTION_DAYS = env_int("NEWSBEAT_EXECUTION_RETENTION_DAYS", 30, minimum=1)
 # Loopback and private feed addresses are refused unless this is on (tests and `make run`).
 NEWSBEAT_ALLOW_PRIVATE_FEEDS = env_bool("NEWSBEAT_ALLOW_PRIVATE_FEEDS", False)
 NEWSBEAT_FETCH_MAX_BYTES = env_int("NEWSBEAT_FETCH_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
@@ -208,4 +218,11 @@ NEWSBEAT_FETCH_CONNECT_TIMEOUT = env_int("NEWSBEAT_FETCH_CONNECT_TIMEOUT", 5, mi
 NEWSBEAT_FETCH_READ_TIMEOUT = env_int("NEWSBEAT_FETCH_READ_TIMEOUT", 15, minimum=1)
 NEWSBEAT_FETCH_DEADLINE = env_int("NEWSBEAT_FETCH_DEADLINE", 60, minimum=1)
 NEWSBEAT_FETCH_ATTEMPTS = env_int("NEWSBEAT_FETCH_ATTEMPTS", 4, minimum=1)
+# First backoff wait in seconds before a retry (doubles each time, with jitter).
+NEWSBEAT_FETCH_BACKOFF = 1.0
+# A message redelivered because its worker died runs at most this many times in all.
+NEWSBEAT_MAX_DELIVERIES = env_int("NEWSBEAT_MAX_DELIVERIES", 3, minimum=1)
+# Beat leadership: the active beat renews a Redis lock this often; a standby takes over within
+# two periods of the active one dying.
+NEWSBEAT_BEAT_LOCK_SECONDS = env_int("NEWSBEAT_BEAT_LOCK_SECONDS", 10, minimum=2)
 NEWSBEAT_FLOWER_URL = env_str("NEWSBEAT_FLOWER_URL", "http://127.0.0.1:5555")

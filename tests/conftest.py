@@ -1,3 +1,4 @@
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,22 @@ def broker():
 
 
 @pytest.fixture
-def worker(transactional_db, broker, tmp_path: Path):
-    """A real `celery worker` process (prefork, concurrency 1) on the test database and Redis."""
-    with running(worker_args("w1", "--concurrency=1"), tmp_path / "worker.log", process_env()) as w:
-        w.wait_for_output("ready.", timeout=60)
-        yield w
+def start_worker(transactional_db, broker, tmp_path: Path):
+    """Start real `celery worker` processes on the test database and Redis; stopped at the end."""
+    with ExitStack() as stack:
+
+        def start(name: str = "w1", *extra: str, **env: str):
+            log = tmp_path / f"worker-{name}.log"
+            process = stack.enter_context(
+                running(worker_args(name, *extra), log, process_env(**env))
+            )
+            process.wait_for_output("ready.", timeout=60)
+            return process
+
+        yield start
+
+
+@pytest.fixture
+def worker(start_worker):
+    """A real `celery worker` process (prefork, concurrency 1)."""
+    return start_worker("w1", "--concurrency=1")

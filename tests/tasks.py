@@ -36,3 +36,25 @@ def backend_pid() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         return cursor.fetchone()[0]
+
+
+@shared_task(name="tests.die_once", bind=True)
+def die_once(self, marker: str) -> str:
+    """Kills its own worker process the first time (as the OOM killer would), then succeeds."""
+    import os
+    import signal
+    from pathlib import Path
+
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(self.request.id)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@shared_task(name="tests.die_always")
+def die_always() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,81 @@
+"""Scheduling guards under faults, with real worker processes, Redis and PostgreSQL."""
+
+import pytest
+
+from monitoring.models import Status, TaskExecution
+from tests import tasks
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def rows(task_id: str) -> list[TaskExecution]:
+    return list(TaskExecution.objects.filter(task_id=task_id).order_by("id"))
+
+
+def finished(task_id: str, status: str, timeout: float = 60) -> list[TaskExecution]:
+    return wait_for(
+        lambda: any(r.status == status for r in rows(task_id)) and rows(task_id), timeout
+    )
+
+
+def test_periodic_run_is_skipped_while_its_previous_run_is_still_running(start_worker):
+    start_worker("w1", "--concurrency=2")
+    job = {"periodic_task_name": "slow-job"}
+    first = tasks.sleep.apply_async((3,), headers=job).id
+    wait_for(lambda: rows(first) and rows(first)[0].status == Status.STARTED, timeout=30)
+
+    second = tasks.sleep.apply_async((0,), headers=job).id
+    [skipped] = finished(second, Status.SKIPPED)
+    [done] = finished(first, Status.SUCCEEDED)
+
+    assert skipped.error_type == "Overlap"
+    assert f"previous run of slow-job ({first}) is still running" in skipped.error_message
+    assert skipped.started_at < done.finished_at
+    # The lock went with the first run: the next run goes ahead.
+    third = tasks.sleep.apply_async((0,), headers=job).id
+    assert finished(third, Status.SUCCEEDED)[0].attempt == 1
+
+
+def test_tasks_outside_any_job_may_overlap(start_worker):
+    start_worker("w1", "--concurrency=2")
+    first = tasks.sleep.delay(2).id
+    second = tasks.sleep.delay(0).id
+
+    finished(first, Status.SUCCEEDED)
+    finished(second, Status.SUCCEEDED)
+
+
+def test_second_delivery_of_the_same_slot_is_recorded_not_run(worker):
+    slot = {"periodic_task_name": "fast-job", "periodic_slot": "2026-11-23T12:00:00+00:00"}
+    first = tasks.add.apply_async((1, 2), headers=slot).id
+    finished(first, Status.SUCCEEDED)
+
+    again = tasks.add.apply_async((1, 2), headers=slot).id
+    [row] = finished(again, Status.SKIPPED)
+
+    assert row.error_type == "DuplicateSlot"
+    assert first in row.error_message
+    assert row.result is None
+
+
+def test_killed_worker_child_task_runs_again_and_first_attempt_is_lost(worker, tmp_path):
+    task_id = tasks.die_once.delay(str(tmp_path / "died")).id
+
+    attempts = finished(task_id, Status.SUCCEEDED)
+
+    assert [r.status for r in attempts] == [Status.LOST, Status.SUCCEEDED]
+    assert attempts[0].error_type == "WorkerLost"
+    assert attempts[1].result == "survived"
+
+
+def test_task_that_always_kills_its_worker_is_stopped_as_poison(start_worker, broker):
+    start_worker("w1", "--concurrency=1", NEWSBEAT_MAX_DELIVERIES="3")
+    task_id = tasks.die_always.delay().id
+
+    attempts = finished(task_id, Status.FAILED, timeout=90)
+
+    assert [r.status for r in attempts] == [Status.LOST] * 3 + [Status.FAILED]
+    assert attempts[-1].error_type == "PoisonTaskError"
+    assert "delivered 4 times" in attempts[-1].error_message
+    wait_for(lambda: broker.llen("celery") == 0 and not broker.hlen("unacked"), timeout=10)

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django_celery_beat import schedulers
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from .guards import KEY_PREFIX, redis_client
+from .broker import KEY_PREFIX, redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -14,33 +14,21 @@ so a guard that cannot reach it logs and lets the task run (at-least-once over a
 """
 
 import logging
-from functools import cache
 from typing import Any
 
 import redis
-from celery import Task, current_app
+from celery import Task
 from celery.exceptions import Ignore
 from django.conf import settings
 
 from . import signals
+from .broker import KEY_PREFIX, redis_client
 
 logger = logging.getLogger(__name__)
-
-KEY_PREFIX = "newsbeat:"
 
 
 class PoisonTaskError(Exception):
     """A task whose message kept killing its worker; it is failed instead of run again."""
-
-
-@cache
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-
-def redis_client() -> redis.Redis:
-    """A Redis client for the broker (keyed by URL, so tests that move the broker get theirs)."""
-    return _client(current_app.conf.broker_url)
 
 
 def lock_key(job: str) -> str:

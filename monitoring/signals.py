@@ -15,11 +15,15 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from celery import signals
 from celery.exceptions import Retry
 from django.db import DatabaseError, close_old_connections
+from django.db.models import DurationField, ExpressionWrapper, F
+from django.db.models.functions import Now
 from django.utils import timezone
 
+from .broker import KEY_PREFIX, redis_client
 from .models import Status, TaskExecution
 
 logger = logging.getLogger(__name__)
@@ -152,6 +156,19 @@ def on_task_failure(
     state = _running.get(task_id)
     if state is not None:
         state["error"] = describe_error(exception, einfo)
+        return
+    # Not running in this process: the worker's main process reports a hard time limit after
+    # killing the child that ran the task, so no postrun will come. Finish the row here.
+    try:
+        TaskExecution.objects.filter(task_id=task_id, status=Status.STARTED).update(
+            status=Status.FAILED,
+            finished_at=timezone.now(),
+            duration=ExpressionWrapper(Now() - F("started_at"), output_field=DurationField()),
+            **describe_error(exception, einfo),
+        )
+    except DatabaseError:
+        logger.exception("event=audit_error step=failure task_id=%s", task_id)
+        close_old_connections()
 
 
 def on_task_retry(
@@ -195,13 +212,12 @@ def on_task_postrun(
                 started_at=running["started_at"], **running["fields"], **finished
             )
     except DatabaseError:
-        logger.exception(
-            "event=audit_lost step=finish task_id=%s task=%s status=%s",
-            task_id,
-            running["fields"]["task_name"],
-            status,
-        )
+        logger.exception("event=audit_error step=finish task_id=%s status=%s", task_id, status)
         close_old_connections()
+        spool_row({"started_at": running["started_at"], **running["fields"], **finished})
+    else:
+        if _spooled_here:
+            replay_spool()
     logger.info(
         "event=task_end task_id=%s task=%s job=%s status=%s ms=%d",
         task_id,
@@ -210,6 +226,63 @@ def on_task_postrun(
         status,
         finished["duration"].total_seconds() * 1000,
     )
+
+
+# --- Spool: audit rows the database could not take, kept in Redis until it can -------------------
+SPOOL_KEY = f"{KEY_PREFIX}audit-spool"
+SPOOL_MAX = 100_000
+_DATETIMES = ("started_at", "finished_at")
+_spooled_here = False
+
+
+def spool_row(row: dict[str, Any]) -> None:
+    """Keep a finished row in Redis for `replay_spool`; if Redis fails too, log the whole row."""
+    global _spooled_here
+    record = {**row, "status": str(row["status"])}
+    for field in _DATETIMES:
+        record[field] = record[field].isoformat() if record.get(field) else None
+    record["duration"] = row["duration"].total_seconds() if row.get("duration") else None
+    try:
+        client = redis_client()
+        client.rpush(SPOOL_KEY, json.dumps(record, default=str))
+        client.ltrim(SPOOL_KEY, -SPOOL_MAX, -1)
+        _spooled_here = True
+        logger.warning("event=audit_spooled task_id=%s status=%s", row["task_id"], row["status"])
+    except redis.RedisError:
+        logger.error("event=audit_lost row=%s", json.dumps(record, default=str))
+
+
+def replay_spool(limit: int = 10_000) -> int:
+    """Write spooled rows to the database: finish the `started` row of that attempt, or insert.
+
+    Returns how many were written. A row goes back to the spool if the database fails again.
+    """
+    global _spooled_here
+    client = redis_client()
+    written = 0
+    for _ in range(limit):
+        raw = client.lpop(SPOOL_KEY)
+        if raw is None:
+            _spooled_here = False
+            break
+        record = json.loads(raw)
+        for field in _DATETIMES:
+            record[field] = datetime.fromisoformat(record[field]) if record[field] else None
+        if record["duration"] is not None:
+            record["duration"] = timedelta(seconds=record["duration"])
+        try:
+            started = TaskExecution.objects.filter(
+                task_id=record["task_id"], attempt=record["attempt"], status=Status.STARTED
+            )
+            if not started.update(**{k: v for k, v in record.items() if k != "started_at"}):
+                TaskExecution.objects.create(**record)
+        except DatabaseError:
+            client.lpush(SPOOL_KEY, raw)
+            raise
+        written += 1
+    if written:
+        logger.info("event=audit_replayed count=%d", written)
+    return written
 
 
 def on_task_revoked(

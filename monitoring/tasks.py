@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .models import Status, TaskExecution
+from .signals import replay_spool
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +20,13 @@ PURGE_BATCH = 5000
 
 @shared_task(name="monitoring.reap_lost")
 def reap_lost(now_iso: str | None = None) -> dict[str, int]:
-    """Mark as `lost` the rows left `started` by workers that died (killed, OOM, host lost).
+    """Write spooled audit rows; mark `lost` the rows left `started` by workers that died.
 
     No task runs past its hard time limit, so a row still `started` after that is an attempt
     whose worker is gone. A redelivered attempt marks its predecessors itself; this catches the
     rest, such as a task whose message was never redelivered.
     """
+    replayed = replay_spool()
     now = timezone.datetime.fromisoformat(now_iso) if now_iso else timezone.now()
     cutoff = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT) - LOST_GRACE
     lost = TaskExecution.objects.filter(status=Status.STARTED, started_at__lt=cutoff).update(
@@ -35,7 +37,7 @@ def reap_lost(now_iso: str | None = None) -> dict[str, int]:
     )
     if lost:
         logger.warning("event=executions_lost count=%d", lost)
-    return {"lost": lost}
+    return {"lost": lost, "replayed": replayed}
 
 
 @shared_task(name="monitoring.purge_executions")

@@ -1,5 +1,6 @@
 """Tasks the integration tests send to real workers (loaded with `celery worker --include`)."""
 
+import contextlib
 import time
 
 from celery import shared_task
@@ -58,3 +59,14 @@ def die_always() -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name="tests.hang")
+def hang(seconds: float) -> None:
+    """Ignores the soft time limit, so only the hard limit can stop it."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(SoftTimeLimitExceeded):
+            time.sleep(0.1)

@@ -79,3 +79,37 @@ def test_task_that_always_kills_its_worker_is_stopped_as_poison(start_worker, br
     assert attempts[-1].error_type == "PoisonTaskError"
     assert "delivered 4 times" in attempts[-1].error_message
     wait_for(lambda: broker.llen("celery") == 0 and not broker.hlen("unacked"), timeout=10)
+
+
+def test_hung_task_is_killed_at_its_hard_time_limit_and_its_row_says_so(worker):
+    task_id = tasks.hang.apply_async((60,), soft_time_limit=1, time_limit=2).id
+
+    [row] = finished(task_id, Status.FAILED, timeout=30)
+
+    assert row.error_type == "TimeLimitExceeded"
+    assert row.duration.total_seconds() >= 2
+    # The worker replaced the killed child and goes on working.
+    assert finished(tasks.add.delay(1, 1).id, Status.SUCCEEDED)
+
+
+def test_soft_time_limit_fails_the_task_with_its_own_error(worker):
+    task_id = tasks.sleep.apply_async((30,), soft_time_limit=1, time_limit=5).id
+
+    [row] = finished(task_id, Status.FAILED, timeout=30)
+
+    assert row.error_type == "SoftTimeLimitExceeded"
+
+
+def test_warm_shutdown_finishes_running_tasks_and_leaves_queued_ones(start_worker, broker):
+    worker = start_worker("w1", "--concurrency=1")
+    running_id = tasks.sleep.delay(3).id
+    wait_for(lambda: rows(running_id) and rows(running_id)[0].status == Status.STARTED, 30)
+    queued_id = tasks.add.delay(2, 2).id
+
+    assert worker.stop(timeout=30) == 0  # SIGTERM: warm shutdown
+
+    [row] = rows(running_id)
+    assert row.status == Status.SUCCEEDED
+    assert rows(queued_id) == []
+    [raw] = broker.lrange("celery", 0, -1)
+    assert queued_id in raw.decode()

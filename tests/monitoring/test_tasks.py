@@ -15,13 +15,13 @@ def execution(task_id: str, status: str, started_at: datetime) -> TaskExecution:
     )
 
 
-def test_reaper_marks_rows_started_past_the_hard_time_limit_as_lost(settings):
+def test_reaper_marks_rows_started_past_the_hard_time_limit_as_lost(settings, broker):
     settings.CELERY_TASK_TIME_LIMIT = 300
     dead = execution("dead", Status.STARTED, NOW - timedelta(minutes=7))
     running = execution("running", Status.STARTED, NOW - timedelta(minutes=5))
     done = execution("done", Status.SUCCEEDED, NOW - timedelta(hours=1))
 
-    assert reap_lost(NOW.isoformat()) == {"lost": 1}
+    assert reap_lost(NOW.isoformat()) == {"lost": 1, "replayed": 0}
 
     dead.refresh_from_db()
     assert (dead.status, dead.error_type) == (Status.LOST, "WorkerLost")

@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/newsbeat
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test lint bench install install-dev clean
+.PHONY: run test lint bench audit install install-dev clean
 
 $(VENV)/.base: requirements/base.txt requirements/prod.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -33,6 +33,11 @@ test: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Known vulnerabilities in the pinned production requirements; exceptions, each with a reason, in
+# requirements/audit-ignore.txt. Exits 3 when it could not audit (no vulnerability service).
+audit: $(VENV)/.dev
+	$(PY) .ci/audit.py $(AUDIT_ARGS)
 
 bench: $(VENV)/.dev
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \

@@ -6,6 +6,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+# Refuse production settings that are unsafe (development secret key, ...: project/checks.py).
+python manage.py check --deploy --fail-level ERROR
 python manage.py migrate --noinput
 python manage.py collectstatic --noinput --verbosity 0
 exec gunicorn project.wsgi --bind "${WEB_HOST:-0.0.0.0}:${PORT:-8000}" --access-logfile - --no-control-socket

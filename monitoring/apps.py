@@ -6,6 +6,6 @@ class MonitoringConfig(AppConfig):
     verbose_name = "Monitoring"
 
     def ready(self) -> None:
-        from . import signals
+        from . import control, signals  # noqa: F401 - importing control registers its command
 
         signals.signals_connect()

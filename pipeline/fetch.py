@@ -143,7 +143,7 @@ def _fetch_once(
     seen = {url}
     current = url
     for _hop in range(MAX_REDIRECTS + 1):
-        _check_url(current)
+        check_url(current)
         with _get(session, current, headers, deadline) as response:
             if response.status_code in REDIRECT_STATUSES and "Location" in response.headers:
                 target = _redirect_target(current, response.headers["Location"])
@@ -271,8 +271,15 @@ def _remaining(url: str, deadline: float) -> float:
 # --- Addresses ----------------------------------------------------------------------------------
 
 
-def _check_url(url: str) -> None:
-    """Refuse a URL that is not http/https or whose host resolves to a non-public address."""
+def check_url(url: str) -> None:
+    """Refuse a URL that is not http/https or whose host resolves to a non-public address.
+
+    Raises FetchError: 'bad_scheme', 'bad_url', 'private_address', or 'dns_error' when the name
+    does not resolve. The host goes through the system resolver, the one the connection uses,
+    so the unusual spellings of an address it accepts (2130706433, 0177.0.0.1, 0x7f.1 and 127.1
+    are all 127.0.0.1; so is ①②⑦.0.0.1 after IDNA mapping) are checked as the address they
+    connect to. Source.url is validated with this too (pipeline/models.py).
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise FetchError(f"feed {_display(url)} is not http or https", "bad_scheme")
@@ -307,6 +314,15 @@ def _resolve(url: str, host: str, port: int) -> list[str]:
 
 def _is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
+    if ip.version == 6:
+        # An IPv6 address that carries an IPv4 one (mapped ::ffff:a.b.c.d, 6to4 2002::/16,
+        # Teredo) is only as public as that IPv4 address; site-local fec0::/10 is deprecated
+        # but still routed inside some networks.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None and not _is_public_address(str(embedded)):
+            return False
+        if ip.is_site_local:
+            return False
     # is_global already excludes loopback, private, link-local, shared (100.64/10), unspecified
     # and documentation ranges; it counts multicast and NAT64 (64:ff9b::/96) as global.
     return ip.is_global and not (ip.is_multicast or ip.is_reserved)
@@ -315,7 +331,7 @@ def _is_public_address(address: str) -> bool:
 class _PublicOnlyConnectionMixin:
     """Check the address the socket actually connected to.
 
-    `_check_url` resolves the name before the request, but the connection resolves it again: a
+    `check_url` resolves the name before the request, but the connection resolves it again: a
     DNS answer that turns private in between (DNS rebinding) is caught here, before any byte of
     the request is sent.
     """

@@ -8,6 +8,7 @@ the same time, which at-least-once delivery requires.
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
@@ -15,10 +16,24 @@ from django.db.models import Avg, Count, F, Max, Min, Q
 from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 
-from . import parse
+from . import fetch, parse
 from .sentiment import NEGATIVE_THRESHOLD, POSITIVE_THRESHOLD
 
 HOUR = timedelta(hours=1)
+
+
+def validate_feed_url(url: str) -> None:
+    """Refuse a feed URL that fetching would refuse: not http/https, or a host that resolves to
+    a loopback, private, link-local or other non-public address (fetch.check_url).
+
+    A name that does not resolve now is accepted: DNS may be down, or the feed not live yet, and
+    every fetch checks the address again, on every redirect hop and on the connected socket.
+    """
+    try:
+        fetch.check_url(url)
+    except fetch.FetchError as error:
+        if error.reason != "dns_error":
+            raise ValidationError(str(error), code=error.reason) from error
 
 
 class Kind(models.TextChoices):
@@ -30,7 +45,7 @@ class Source(models.Model):
     """A feed to poll, with what its last fetch left behind (outcome, validators, failures)."""
 
     name = models.CharField(max_length=200)
-    url = models.URLField(max_length=1000, unique=True)
+    url = models.URLField(max_length=1000, unique=True, validators=[validate_feed_url])
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.NEWS)
     enabled = models.BooleanField(default=True)
     # HTTP validators from the last 200 response, sent back for a conditional GET.
@@ -50,6 +65,12 @@ class Source(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The admin form runs the field's validators; this also covers seed_demo, the shell and
+        # scripts, which save without validating. Raises ValidationError.
+        validate_feed_url(self.url)
+        super().save(*args, **kwargs)
 
     def record_success(
         self, outcome: str, *, etag: str | None, last_modified: str | None, problem: str = ""

@@ -48,10 +48,39 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
-# The development key only serves `make run`; issue 7 makes production refuse it.
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", "newsbeat-insecure-development-key")
+# Only `make run` may use the development key: `manage.py check --deploy`, which the compose start
+# scripts run first, refuses it, an unset key and a short one (project/checks.py).
+DEVELOPMENT_SECRET_KEY = "newsbeat-insecure-development-key"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or DEVELOPMENT_SECRET_KEY
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+# Served over HTTPS by a TLS-terminating reverse proxy: redirect plain HTTP, send cookies over
+# HTTPS only and tell browsers to use nothing else (HSTS). Off for `make run`.
+NEWSBEAT_HTTPS = env_bool("NEWSBEAT_HTTPS", False)
+SECURE_SSL_REDIRECT = NEWSBEAT_HTTPS
+# Probes and Prometheus ask the container itself over plain HTTP (the compose healthcheck uses
+# http://127.0.0.1:8000/health/live/): redirecting them to https:// would fail every probe.
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+SESSION_COOKIE_SECURE = NEWSBEAT_HTTPS
+CSRF_COOKIE_SECURE = NEWSBEAT_HTTPS
+SECURE_HSTS_SECONDS = env_int("NEWSBEAT_HSTS_SECONDS", 365 * 24 * 3600 if NEWSBEAT_HTTPS else 0)
+# Newsbeat is meant to have a host name of its own (newsbeat.example.com), so covering its
+# subdomains and allowing preload binds nothing else of the operator's domain.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
+# The header the proxy sets to say the client used HTTPS, e.g. X-Forwarded-Proto. Only name one
+# the proxy always overwrites: a client could otherwise claim HTTPS itself.
+NEWSBEAT_PROXY_SSL_HEADER = env_str("NEWSBEAT_PROXY_SSL_HEADER", "")
+if NEWSBEAT_PROXY_SSL_HEADER and not NEWSBEAT_PROXY_SSL_HEADER.replace("-", "").isalnum():
+    raise ImproperlyConfigured(
+        f"NEWSBEAT_PROXY_SSL_HEADER={NEWSBEAT_PROXY_SSL_HEADER!r} is not a header name"
+    )
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + NEWSBEAT_PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+    if NEWSBEAT_PROXY_SSL_HEADER
+    else None
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -212,7 +241,11 @@ NEWSBEAT_PERIODIC_JOBS = {
 }
 NEWSBEAT_EXECUTION_RETENTION_DAYS = env_int("NEWSBEAT_EXECUTION_RETENTION_DAYS", 30, minimum=1)
 # Loopback and private feed addresses are refused unless this is on (tests and `make run`).
+# `check --deploy` refuses it unless the override says an intranet deployment means it.
 NEWSBEAT_ALLOW_PRIVATE_FEEDS = env_bool("NEWSBEAT_ALLOW_PRIVATE_FEEDS", False)
+NEWSBEAT_ALLOW_PRIVATE_FEEDS_IN_PRODUCTION = env_bool(
+    "NEWSBEAT_ALLOW_PRIVATE_FEEDS_IN_PRODUCTION", False
+)
 NEWSBEAT_FETCH_MAX_BYTES = env_int("NEWSBEAT_FETCH_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
 NEWSBEAT_FETCH_CONNECT_TIMEOUT = env_int("NEWSBEAT_FETCH_CONNECT_TIMEOUT", 5, minimum=1)
 NEWSBEAT_FETCH_READ_TIMEOUT = env_int("NEWSBEAT_FETCH_READ_TIMEOUT", 15, minimum=1)

@@ -55,7 +55,8 @@ def test_seeding_again_keeps_what_an_operator_changed():
     assert output == "sources: 0 created, 10 kept\nentities: 0 created, 50 kept\n"
 
 
-def test_sample_base_url_registers_each_bundled_sample_by_its_name():
+def test_sample_base_url_registers_each_bundled_sample_by_its_name(settings):
+    settings.NEWSBEAT_ALLOW_PRIVATE_FEEDS = True
     seed("--sample-base-url", "http://127.0.0.1:8001")
 
     samples = Source.objects.filter(url__startswith="http://127.0.0.1:8001/").order_by("url")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -57,14 +57,21 @@ class Command(BaseCommand):
             sources += sample_sources(sample_base_url)
         created = 0
         for source in sources:
-            _, was_created = Source.objects.get_or_create(
-                url=source["url"],
-                defaults={
-                    "name": source["name"],
-                    "kind": source["kind"],
-                    "enabled": source.get("enabled", True),
-                },
-            )
+            try:
+                _, was_created = Source.objects.get_or_create(
+                    url=source["url"],
+                    defaults={
+                        "name": source["name"],
+                        "kind": source["kind"],
+                        "enabled": source.get("enabled", True),
+                    },
+                )
+            except ValidationError as error:
+                # A sample server on loopback while private feed addresses are refused.
+                raise CommandError(
+                    f"source {source['url']}: {' '.join(error.messages)}"
+                    " (NEWSBEAT_ALLOW_PRIVATE_FEEDS=1 allows loopback and private addresses)"
+                ) from error
             created += was_created
         self.stdout.write(f"sources: {created} created, {len(sources) - created} kept")
 
@@ -77,11 +84,3 @@ class Command(BaseCommand):
             )
             created += was_created
         self.stdout.write(f"entities: {created} created, {len(entities) - created} kept")
-
-        if sample_base_url and not settings.NEWSBEAT_ALLOW_PRIVATE_FEEDS:
-            host = urlsplit(sample_base_url).hostname or ""
-            if host in ("localhost", "::1") or host.startswith("127."):
-                self.stderr.write(
-                    "warning: the sample feeds are on a loopback address, which fetches refuse "
-                    "unless NEWSBEAT_ALLOW_PRIVATE_FEEDS=1"
-                )

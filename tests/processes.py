@@ -16,11 +16,22 @@ ROOT = Path(__file__).resolve().parent.parent
 CELERY = [sys.executable, "-m", "celery", "-A", "project"]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.1) -> Any:
-    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30,
+    interval: float = 0.1,
+    exceptions: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline.
+
+    Exceptions of the types in `exceptions` count as "not yet".
+    """
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except exceptions:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

@@ -6,7 +6,6 @@ of the suite.
 """
 
 import shutil
-import socket
 import subprocess
 import tempfile
 from datetime import timedelta
@@ -22,15 +21,9 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from monitoring.models import Status, TaskExecution
 from tests import tasks
 from tests.invariants import assert_invariants
-from tests.processes import CELERY, process_env, running, wait_for, worker_args
+from tests.processes import CELERY, free_port, process_env, running, wait_for, worker_args
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OwnRedis:

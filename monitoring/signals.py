@@ -314,7 +314,7 @@ def on_task_revoked(
         if not updated:
             TaskExecution.objects.create(
                 task_id=request.id,
-                task_name=getattr(sender, "name", None) or getattr(request, "task", "") or "",
+                task_name=getattr(request, "task_name", None) or getattr(request, "name", ""),
                 periodic_task_name=job_name(request),
                 worker=(getattr(request, "hostname", "") or "")[:255],
                 started_at=now,

@@ -199,9 +199,14 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# Redis redelivers an unacknowledged task after this long; it must exceed the longest task.
+# A message whose worker died (SIGKILL, OOM, lost host) goes back to the queue once the
+# visibility timeout has passed since its delivery, so it must exceed the longest task; every
+# worker sweeps for such messages each restore interval.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("NEWSBEAT_VISIBILITY_TIMEOUT", 3600, minimum=60),
+    "visibility_timeout": env_int("NEWSBEAT_VISIBILITY_TIMEOUT", 3600, minimum=1),
+    "unacked_restore_interval": env_int("NEWSBEAT_UNACKED_RESTORE_INTERVAL", 10, minimum=1),
+    # Sweep on every interval (kombu's default scans only every 10th: about every 100 s).
+    "unacked_restore_throttle": 1,
 }
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("NEWSBEAT_TASK_SOFT_TIME_LIMIT", 240, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("NEWSBEAT_TASK_TIME_LIMIT", 300, minimum=2)

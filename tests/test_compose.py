@@ -10,7 +10,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import requests
 import yaml
 from django.conf import settings
 
-from tests.processes import ROOT, Process, running, wait_for
+from tests.processes import ROOT, Process, free_port, running, wait_for
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -74,12 +73,6 @@ def run_healthcheck(service: str, env: dict[str, str]) -> subprocess.CompletedPr
         text=True,
         timeout=seconds(SERVICES[service]["healthcheck"]["timeout"]),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_every_service_has_a_healthcheck_and_reads_env_file():

@@ -10,15 +10,9 @@ import urllib.request
 import psutil
 import pytest
 
-from tests.processes import ROOT, wait_for
+from tests.processes import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answers(url: str) -> int | None:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from monitoring.beat import sync_jobs
+from monitoring.models import Status, TaskExecution
 from tests.processes import CELERY, process_env, running, wait_for
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,12 @@ def queued(broker) -> list[tuple[str, str]]:
         headers = json.loads(raw)["headers"]
         out.append((headers["task"], headers.get("periodic_task_name")))
     return out
+
+
+def queued_for(job: str, broker) -> list[dict]:
+    """Headers of the messages waiting in the default queue for one periodic job."""
+    headers = [json.loads(raw)["headers"] for raw in broker.lrange("celery", 0, -1)]
+    return [h for h in headers if h.get("periodic_task_name") == job]
 
 
 def every_second(name: str, task: str) -> PeriodicTask:
@@ -136,3 +143,33 @@ def test_one_of_two_beats_dispatches_and_the_standby_takes_over_when_it_dies(
     # Each slot follows the previous one; across the hand-over the gap is at most the time
     # the standby needed, never a whole missed run.
     assert max(gaps) <= 1 + 2 * renewal + 1
+
+
+def test_runs_that_waited_past_their_slot_expire_instead_of_piling_up(
+    start_worker, broker, tmp_path
+):
+    job = every_second("tick-job", "tests.add")
+    job.args = "[1, 1]"
+    job.expire_seconds = 1
+    job.save()
+    args = [*CELERY, "beat", "--loglevel=INFO", "--max-interval=1", "--pidfile="]
+    # An outage: beat dispatches, no worker consumes.
+    with running(args, tmp_path / "beat.log", process_env()):
+        wait_for(lambda: len(queued_for("tick-job", broker)) >= 3, timeout=30)
+    missed = queued_for("tick-job", broker)
+    latest_expiry = max(datetime.fromisoformat(h["expires"]) for h in missed)
+    wait_for(lambda: timezone.now() > latest_expiry, timeout=10)
+
+    start_worker("w1", "--concurrency=1")
+
+    runs = TaskExecution.objects.filter(periodic_task_name="tick-job")
+    expired = wait_for(
+        lambda: (
+            runs.filter(status=Status.EXPIRED).count() == len(missed)
+            and runs.filter(status=Status.EXPIRED)
+        ),
+        timeout=30,
+    )
+    assert {row.task_id for row in expired} == {h["id"] for h in missed}
+    assert {row.task_name for row in expired} == {"tests.add"}
+    assert not runs.exclude(status=Status.EXPIRED).exists()

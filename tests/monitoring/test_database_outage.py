@@ -16,19 +16,11 @@ from urllib.error import HTTPError
 import psycopg
 import pytest
 
-from tests.processes import CELERY, ROOT, process_env, running, wait_for, worker_args
+from tests.processes import CELERY, ROOT, free_port, process_env, running, wait_for, worker_args
 
 pytestmark = pytest.mark.integration
 
 PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), None)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OwnPostgres:

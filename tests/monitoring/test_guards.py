@@ -1,9 +1,13 @@
 """Scheduling guards under faults, with real worker processes, Redis and PostgreSQL."""
 
+import os
+import signal
+
 import pytest
 
 from monitoring.models import Status, TaskExecution
 from tests import tasks
+from tests.invariants import assert_invariants
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.integration
@@ -59,7 +63,7 @@ def test_second_delivery_of_the_same_slot_is_recorded_not_run(worker):
     assert row.result is None
 
 
-def test_killed_worker_child_task_runs_again_and_first_attempt_is_lost(worker, tmp_path):
+def test_killed_worker_child_task_runs_again_and_first_attempt_is_lost(worker, broker, tmp_path):
     task_id = tasks.die_once.delay(str(tmp_path / "died")).id
 
     attempts = finished(task_id, Status.SUCCEEDED)
@@ -67,6 +71,27 @@ def test_killed_worker_child_task_runs_again_and_first_attempt_is_lost(worker, t
     assert [r.status for r in attempts] == [Status.LOST, Status.SUCCEEDED]
     assert attempts[0].error_type == "WorkerLost"
     assert attempts[1].result == "survived"
+    assert_invariants({task_id}, broker)
+
+
+def test_task_of_a_killed_worker_runs_again_on_another_and_first_attempt_is_lost(
+    start_worker, broker
+):
+    # Redis hands an unacknowledged message to another consumer once the visibility timeout
+    # has passed since delivery; production uses an hour, the test a few seconds.
+    fast = {"NEWSBEAT_VISIBILITY_TIMEOUT": "3", "NEWSBEAT_UNACKED_RESTORE_INTERVAL": "1"}
+    doomed = start_worker("w1", "--concurrency=1", **fast)
+    task_id = tasks.sleep.delay(2).id
+    wait_for(lambda: rows(task_id) and rows(task_id)[0].status == Status.STARTED, timeout=30)
+
+    os.killpg(doomed.popen.pid, signal.SIGKILL)  # the whole worker, children and all
+    start_worker("w2", "--concurrency=1", **fast)
+
+    attempts = finished(task_id, Status.SUCCEEDED, timeout=90)
+    assert [r.status for r in attempts] == [Status.LOST, Status.SUCCEEDED]
+    assert attempts[0].worker.startswith("w1@")
+    assert attempts[1].worker.startswith("w2@")
+    assert_invariants({task_id}, broker)
 
 
 def test_task_that_always_kills_its_worker_is_stopped_as_poison(start_worker, broker):
@@ -79,6 +104,7 @@ def test_task_that_always_kills_its_worker_is_stopped_as_poison(start_worker, br
     assert attempts[-1].error_type == "PoisonTaskError"
     assert "delivered 4 times" in attempts[-1].error_message
     wait_for(lambda: broker.llen("celery") == 0 and not broker.hlen("unacked"), timeout=10)
+    assert_invariants({task_id}, broker)
 
 
 def test_hung_task_is_killed_at_its_hard_time_limit_and_its_row_says_so(worker):

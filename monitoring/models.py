@@ -1,4 +1,8 @@
+from datetime import timedelta
+
+from django.core.validators import MinValueValidator
 from django.db import models
+from django_celery_beat.models import PeriodicTask
 
 
 class Status(models.TextChoices):
@@ -55,11 +59,49 @@ class TaskExecution(models.Model):
             # Admin filters by status and by task, each newest first.
             models.Index(fields=["status", "-started_at"], name="execution_status_idx"),
             models.Index(fields=["task_name", "-started_at"], name="execution_task_idx"),
-            # Health view: last run and last success of each periodic job.
+            # Health view: last success of each periodic job.
             models.Index(
                 fields=["periodic_task_name", "status", "-started_at"], name="execution_job_idx"
             ),
+            # Admin filter by job; health's last run and last N outcomes of a job; the status
+            # page's last 50 runs and its 7-day window. Only the rows of periodic jobs, a small
+            # share of the table (most rows are the fetches they fan out).
+            models.Index(
+                fields=["periodic_task_name", "-started_at"],
+                name="execution_job_run_idx",
+                condition=~models.Q(periodic_task_name=""),
+            ),
+            # The children of an execution (a fan-out's fetches) in time order, linked from its
+            # admin page.
+            models.Index(fields=["parent_id", "started_at"], name="execution_parent_idx"),
         ]
 
     def __str__(self) -> str:
         return f"{self.task_name} {self.task_id} attempt {self.attempt}: {self.status}"
+
+
+class JobPolicy(models.Model):
+    """How much lateness a periodic job is allowed: healthchecks.io's grace time, per job.
+
+    A row of its own, one-to-one with django-celery-beat's PeriodicTask, rather than a field on
+    it (its table is not ours) or JSON in its `description` (text an operator edits by hand). It
+    is edited inline on the job's admin page and leaves with the job when the job is deleted.
+    """
+
+    periodic_task = models.OneToOneField(
+        PeriodicTask, on_delete=models.CASCADE, primary_key=True, related_name="policy"
+    )
+    grace = models.DurationField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(timedelta(0))],
+        help_text="How long past due the job may be before it is down. Empty: one period of its "
+        "schedule.",
+    )
+
+    class Meta:
+        verbose_name = "health policy"
+        verbose_name_plural = "health policy"
+
+    def __str__(self) -> str:
+        return f"health policy of {self.periodic_task.name}"

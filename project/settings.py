@@ -245,6 +245,13 @@ NEWSBEAT_PERIODIC_JOBS = {
     },
 }
 NEWSBEAT_EXECUTION_RETENTION_DAYS = env_int("NEWSBEAT_EXECUTION_RETENTION_DAYS", 30, minimum=1)
+# A periodic job is down once this many of its runs failed in a row (0: only when overdue).
+NEWSBEAT_DOWN_AFTER_FAILURES = env_int("NEWSBEAT_DOWN_AFTER_FAILURES", 3, minimum=0)
+# The Celery queues whose length /metrics reports.
+NEWSBEAT_METRICS_QUEUES = env_list("NEWSBEAT_METRICS_QUEUES", "celery")
+# Extra panels on /status/: dotted paths to callables taking `now`, returning
+# (title, columns, rows). monitoring knows nothing of the pipeline; the pipeline plugs in here.
+NEWSBEAT_STATUS_PANELS = ["pipeline.status.source_health"]
 # Loopback and private feed addresses are refused unless this is on (tests and `make run`).
 # `check --deploy` refuses it unless the override says an intranet deployment means it.
 NEWSBEAT_ALLOW_PRIVATE_FEEDS = env_bool("NEWSBEAT_ALLOW_PRIVATE_FEEDS", False)

@@ -3,8 +3,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
 
+from monitoring.admin import EstimatedCountPaginator
 from monitoring.beat import sync_jobs
 from monitoring.models import Status, TaskExecution
 
@@ -96,3 +99,142 @@ def test_run_now_enqueues_the_job_with_its_name(admin_client, broker):
     [raw] = broker.lrange("celery", 0, -1)
     headers = json.loads(raw)["headers"]
     assert (headers["task"], headers["periodic_task_name"]) == ("pipeline.poll_news", "poll-news")
+
+
+@pytest.fixture
+def small_cap(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "cap", 2)
+
+
+def many(count: int, status: str = Status.SUCCEEDED) -> None:
+    start = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    TaskExecution.objects.bulk_create(
+        TaskExecution(
+            task_id=f"{status}-{i}",
+            task_name="pipeline.fetch_source",
+            status=status,
+            started_at=start + timedelta(seconds=i),
+        )
+        for i in range(count)
+    )
+
+
+def test_filtered_list_counts_no_further_than_the_cap(admin_client, small_cap):
+    many(4, Status.FAILED)
+
+    response = admin_client.get(URL, {"status__exact": "failed"})
+
+    assert response.context["cl"].result_count == 2
+    assert response.context["cl"].paginator.count_kind == "at_least"
+    assert "more than 2 task executions" in response.content.decode()
+
+
+def test_unfiltered_list_of_a_large_table_shows_the_planners_estimate(admin_client, small_cap):
+    many(5)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE monitoring_taskexecution")
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(URL)
+
+    assert response.context["cl"].paginator.count_kind == "estimate"
+    assert "about 5 task executions" in response.content.decode()
+    assert not [q for q in queries if "COUNT(" in q["sql"].upper()]
+
+
+def test_unfiltered_list_of_a_small_table_is_counted_exactly(admin_client, executions):
+    response = admin_client.get(URL)
+
+    assert response.context["cl"].result_count == 2
+    assert response.context["cl"].paginator.count_kind == "exact"
+
+
+def test_pages_stop_at_the_cap_whatever_the_estimate(small_cap):
+    many(5)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE monitoring_taskexecution")
+
+    paginator = EstimatedCountPaginator(TaskExecution.objects.all(), per_page=1)
+
+    assert (paginator.count, paginator.num_pages) == (5, 2)
+
+
+def test_filters_offer_registered_tasks_and_jobs_without_reading_executions(admin_client):
+    sync_jobs(settings.NEWSBEAT_PERIODIC_JOBS)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(URL)
+
+    choices = {spec.title: [c[0] for c in spec.lookup_choices] for spec in filters(response)}
+    assert {"pipeline.fetch_source", "pipeline.poll_news", "monitoring.reap_lost"} <= set(
+        choices["task"]
+    )
+    assert set(choices["job"]) == set(settings.NEWSBEAT_PERIODIC_JOBS)
+    assert not [q for q in queries if "DISTINCT" in q["sql"].upper()]
+
+
+def filters(response) -> list:
+    return [spec for spec in response.context["cl"].filter_specs if hasattr(spec, "lookup_choices")]
+
+
+def test_job_filter_still_works_for_a_job_that_was_deleted(admin_client):
+    gone = TaskExecution.objects.create(
+        task_id="old",
+        task_name="x.y",
+        periodic_task_name="deleted-job",
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+    response = admin_client.get(URL, {"periodic_task_name": "deleted-job"})
+
+    assert list(response.context["cl"].result_list) == [gone]
+    [job_filter] = [spec for spec in filters(response) if spec.title == "job"]
+    assert job_filter.lookup_choices == [("deleted-job", "deleted-job")]
+
+
+def test_detail_links_to_parent_children_job_and_flower(admin_client, settings):
+    settings.NEWSBEAT_FLOWER_URL = "http://flower.example:5555/"
+    sync_jobs(settings.NEWSBEAT_PERIODIC_JOBS)
+    job = PeriodicTask.objects.get(name="poll-news")
+    start = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    poll = TaskExecution.objects.create(
+        task_id="poll-1",
+        task_name="pipeline.poll_news",
+        periodic_task_name="poll-news",
+        parent_id="manual-0",
+        started_at=start,
+    )
+    child = TaskExecution.objects.create(
+        task_id="fetch-1", task_name="pipeline.fetch_source", parent_id="poll-1", started_at=start
+    )
+
+    body = admin_client.get(f"{URL}{poll.pk}/change/").content.decode()
+
+    assert f'<a href="{URL}?q=manual-0">manual-0</a>' in body
+    assert f'<a href="{URL}{child.pk}/change/">pipeline.fetch_source (started)</a>' in body
+    assert f'<a href="{URL}?parent_id=poll-1">all children</a>' in body
+    assert (
+        f'<a href="/admin/django_celery_beat/periodictask/{job.pk}/change/">poll-news</a>' in body
+    )
+    assert 'href="http://flower.example:5555/task/poll-1"' in body
+
+
+def test_children_link_lists_the_children(admin_client):
+    start = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    child = TaskExecution.objects.create(
+        task_id="c1", task_name="pipeline.fetch_source", parent_id="p1", started_at=start
+    )
+    TaskExecution.objects.create(task_id="other", task_name="x", started_at=start)
+
+    response = admin_client.get(URL, {"parent_id": "p1"})
+
+    assert list(response.context["cl"].result_list) == [child]
+
+
+def test_job_admin_page_edits_the_jobs_grace(admin_client):
+    sync_jobs(settings.NEWSBEAT_PERIODIC_JOBS)
+    job = PeriodicTask.objects.get(name="poll-news")
+
+    body = admin_client.get(f"/admin/django_celery_beat/periodictask/{job.pk}/change/")
+
+    assert 'name="policy-0-grace"' in body.content.decode()

@@ -74,6 +74,8 @@ class TaskExecution(models.Model):
             # The children of an execution (a fan-out's fetches) in time order, linked from its
             # admin page.
             models.Index(fields=["parent_id", "started_at"], name="execution_parent_idx"),
+            # The metrics rollup: the rows that finished after its watermark (metrics.py).
+            models.Index(fields=["finished_at"], name="execution_finished_idx"),
         ]
 
     def __str__(self) -> str:
@@ -105,3 +107,43 @@ class JobPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"health policy of {self.periodic_task.name}"
+
+
+class ExecutionTotal(models.Model):
+    """How many executions of a task finished with a status and a duration in one histogram
+    bucket, and their durations' sum: the rollup /metrics reads instead of the whole audit
+    table, and which retention does not purge (monitoring/metrics.py).
+
+    `le` is the bucket's upper bound as Prometheus writes it ("0.5", "+Inf"); "" for the
+    executions that recorded no duration. Rows only ever grow, under ExecutionRollup's lock.
+    """
+
+    task_name = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    le = models.CharField(max_length=16, blank=True)
+    count = models.BigIntegerField(default=0)
+    duration_sum = models.DurationField(default=timedelta(0))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task_name", "status", "le"], name="execution_total_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.status} le={self.le or '-'}: {self.count}"
+
+
+class ExecutionRollup(models.Model):
+    """The single row that says up to when ExecutionTotal holds the finished executions:
+    every row with `finished_at <= folded_until` is in it (None: nothing folded yet).
+
+    Folding locks this row (SELECT ... FOR UPDATE), so two folds never count a row twice.
+    """
+
+    folded_until = models.DateTimeField(null=True, blank=True)
+    updated = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"executions folded until {self.folded_until}"

@@ -1,4 +1,4 @@
-"""Housekeeping jobs for the audit trail: the reaper and retention."""
+"""Housekeeping jobs for the audit trail: the reaper, retention and the metrics rollup."""
 
 import logging
 from datetime import timedelta
@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .metrics import fold_executions
 from .models import Status, TaskExecution
 from .signals import replay_spool
 
@@ -59,3 +60,13 @@ def purge_executions(days: int | None = None, batch: int = PURGE_BATCH) -> dict[
             deleted += TaskExecution.objects.filter(id__in=ids).delete()[0]
     logger.info("event=executions_purged count=%d older_than_days=%d", deleted, days)
     return {"deleted": deleted}
+
+
+@shared_task(name="monitoring.rollup_executions")
+def rollup_executions(now_iso: str | None = None) -> dict[str, int]:
+    """Fold the executions that finished up to ROLLUP_LAG ago into the totals /metrics reads,
+    so that a scrape reads only the last few minutes of the audit table (metrics.py)."""
+    now = timezone.datetime.fromisoformat(now_iso) if now_iso else timezone.now()
+    folded = fold_executions(now)
+    logger.info("event=executions_rolled_up count=%d", folded)
+    return {"folded": folded}

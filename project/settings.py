@@ -238,6 +238,7 @@ NEWSBEAT_PERIODIC_JOBS = {
         "every": timedelta(minutes=env_int("NEWSBEAT_POLL_STORIES_MINUTES", 60, minimum=1)),
     },
     "reap-lost-executions": {"task": "monitoring.reap_lost", "every": timedelta(minutes=5)},
+    "rollup-executions": {"task": "monitoring.rollup_executions", "every": timedelta(minutes=1)},
     "purge-executions": {
         "task": "monitoring.purge_executions",
         "crontab": {"minute": "30", "hour": "3"},

@@ -5,11 +5,15 @@ import pytest
 import time_machine
 from celery import current_app
 from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.beat import sync_jobs
-from monitoring.models import Status, TaskExecution
+from monitoring.metrics import ROLLUP_LAG
+from monitoring.models import ExecutionTotal, Status, TaskExecution
+from monitoring.tasks import purge_executions, rollup_executions
 
 pytestmark = pytest.mark.django_db
 
@@ -29,8 +33,15 @@ def test_metrics_count_executions_by_task_and_status(client):
     start = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     for i, status in enumerate([Status.SUCCEEDED, Status.SUCCEEDED, Status.FAILED]):
         TaskExecution.objects.create(
-            task_id=f"t{i}", task_name="pipeline.fetch_source", status=status, started_at=start
+            task_id=f"t{i}",
+            task_name="pipeline.fetch_source",
+            status=status,
+            started_at=start,
+            finished_at=start,
         )
+    TaskExecution.objects.create(  # still running: counted once it finishes
+        task_id="t3", task_name="pipeline.fetch_source", status=Status.STARTED, started_at=start
+    )
 
     samples = scrape(client)
 
@@ -39,6 +50,7 @@ def test_metrics_count_executions_by_task_and_status(client):
     failed = (("status", "failed"), ("task", "pipeline.fetch_source"))
     assert samples[(key, ok)] == 2
     assert samples[(key, failed)] == 1
+    assert (key, (("status", "started"), ("task", "pipeline.fetch_source"))) not in samples
 
 
 def test_metrics_give_each_job_its_last_success_and_status(client):
@@ -60,13 +72,21 @@ def test_metrics_give_each_job_its_last_success_and_status(client):
     assert samples[("newsbeat_job_status", (("job", "poll-stories"), ("status", "new")))] == 1
 
 
-def execution(task: str, status: str, seconds: float | None, **fields) -> TaskExecution:
-    start = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+def execution(
+    task: str,
+    status: str,
+    seconds: float | None,
+    start: datetime = datetime(2026, 11, 23, 12, 0, tzinfo=UTC),
+    **fields,
+) -> TaskExecution:
+    """A row; finished `seconds` after `start` unless its status is `started`."""
+    finished = status != Status.STARTED
     return TaskExecution.objects.create(
-        task_id=f"{task}-{status}-{seconds}",
+        task_id=f"{task}-{status}-{seconds}-{start.timestamp()}",
         task_name=task,
         status=status,
         started_at=start,
+        finished_at=start + timedelta(seconds=seconds or 0) if finished else None,
         duration=timedelta(seconds=seconds) if seconds is not None else None,
         **fields,
     )
@@ -142,3 +162,77 @@ def test_metrics_leave_out_queue_lengths_when_redis_does_not_answer(client):
     assert not any(name == "newsbeat_queue_length" for name, _ in samples)
     ok = (("status", "succeeded"), ("task", "pipeline.fetch_source"))
     assert samples[("newsbeat_task_executions_total", ok)] == 1
+
+
+FETCH = "pipeline.fetch_source"
+OK = ("newsbeat_task_executions_total", (("status", "succeeded"), ("task", FETCH)))
+FAILED = ("newsbeat_task_executions_total", (("status", "failed"), ("task", FETCH)))
+COUNT = ("newsbeat_task_duration_seconds_count", (("task", FETCH),))
+SUM = ("newsbeat_task_duration_seconds_sum", (("task", FETCH),))
+LE_1 = ("newsbeat_task_duration_seconds_bucket", (("le", "1.0"), ("task", FETCH)))
+
+
+def execution_samples(samples: dict) -> dict:
+    return {key: value for key, value in samples.items() if key[0].startswith("newsbeat_task_")}
+
+
+def test_metrics_match_the_rows_before_and_after_a_rollup(client):
+    now = datetime.now(UTC)
+    execution(FETCH, Status.SUCCEEDED, 0.5, start=now - timedelta(hours=2))  # folded
+    execution(FETCH, Status.FAILED, 3.0, start=now - timedelta(hours=1))  # folded
+    execution(FETCH, Status.SUCCEEDED, 2.0, start=now - timedelta(minutes=2))  # too recent
+    before = scrape(client)
+
+    assert rollup_executions() == {"folded": 2}
+    after = scrape(client)
+
+    assert ExecutionTotal.objects.exists()
+    assert execution_samples(after) == execution_samples(before)
+    assert (after[OK], after[FAILED], after[COUNT], after[LE_1]) == (2, 1, 3, 1)
+    assert after[SUM] == pytest.approx(5.5)
+
+
+def test_counters_do_not_go_down_when_retention_purges_old_rows(client):
+    now = datetime.now(UTC)
+    execution(FETCH, Status.SUCCEEDED, 0.5, start=now - timedelta(days=40))
+    execution(FETCH, Status.SUCCEEDED, 1.5, start=now - timedelta(days=1))
+    rollup_executions()
+    before = scrape(client)
+
+    assert purge_executions(days=30) == {"deleted": 1}
+    after = scrape(client)
+
+    assert execution_samples(after) == execution_samples(before)
+    assert (after[OK], after[COUNT], after[LE_1]) == (2, 2, 1)
+
+
+def test_a_row_finishing_after_a_rollup_is_counted_once(client):
+    now = datetime.now(UTC)
+    running = execution(FETCH, Status.STARTED, None, start=now - timedelta(hours=1))
+    rollup_executions()
+    assert OK not in scrape(client)
+
+    TaskExecution.objects.filter(pk=running.pk).update(
+        status=Status.SUCCEEDED, finished_at=now, duration=timedelta(hours=1)
+    )
+    assert scrape(client)[OK] == 1
+    later = now + ROLLUP_LAG + timedelta(minutes=1)
+    assert rollup_executions(later.isoformat()) == {"folded": 1}
+    with time_machine.travel(later + timedelta(seconds=1), tick=False):
+        samples = scrape(client)
+
+    assert (samples[OK], samples[COUNT], samples[SUM]) == (1, 1, 3600)
+
+
+def test_scrape_reads_only_the_rows_that_finished_after_the_rollup(client):
+    now = datetime.now(UTC)
+    execution(FETCH, Status.SUCCEEDED, 0.5, start=now - timedelta(hours=1))
+    rollup_executions()
+
+    with CaptureQueriesContext(connection) as queries:
+        scrape(client)
+
+    reads = [q["sql"] for q in queries.captured_queries if '"monitoring_taskexecution"' in q["sql"]]
+    execution_reads = [sql for sql in reads if "GROUP BY" in sql]
+    assert len(execution_reads) == 1
+    assert '"monitoring_taskexecution"."finished_at" >' in execution_reads[0]

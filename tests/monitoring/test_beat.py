@@ -127,19 +127,24 @@ def test_one_of_two_beats_dispatches_and_the_standby_takes_over_when_it_dies(
 
         active.signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        before = len(slots())
+        before = slots()  # newest first (LPUSH)
         standby.wait_for_output("event=beat_active", timeout=4 * renewal)
         took_over_after = time.monotonic() - killed_at
-        wait_for(lambda: len(slots()) >= before + 3, timeout=30)
+        wait_for(lambda: len(slots()) >= len(before) + 3, timeout=30)
         sent = slots()
 
     assert took_over_after <= 2 * renewal + 0.5
-    assert len(sent) == len(set(sent)), "a slot was dispatched twice"
-    # LPUSH: newest first. The first slot of a new job is named for a date far in the past
-    # (django-celery-beat's way of running it at once), so the chain starts at the second.
-    times = [datetime.fromisoformat(s) for s in reversed(sent)][1:]
+    # A beat records each dispatch in the database right after publishing it. Killed between
+    # the two, its last slot is sent again by the standby: only that slot, at most once more.
+    # Workers recognise the copy by its slot header and record it skipped (DuplicateSlot, see
+    # test_guards.py); recording before publishing would lose the slot instead.
+    repeated = {s for s in sent if sent.count(s) > 1}
+    assert repeated <= {before[0]}
+    assert all(sent.count(s) <= 2 for s in repeated)
+    # The first slot of a new job is named for a date far in the past (django-celery-beat's way
+    # of running it at once), so the chain starts at the second.
+    times = sorted({datetime.fromisoformat(s) for s in sent})[1:]
     gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
-    assert all(gap > 0 for gap in gaps)
     # Each slot follows the previous one; across the hand-over the gap is at most the time
     # the standby needed, never a whole missed run.
     assert max(gaps) <= 1 + 2 * renewal + 1

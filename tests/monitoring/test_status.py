@@ -189,9 +189,7 @@ def test_a_broken_panel_does_not_take_the_status_page_down(client, staff, settin
     assert "event=status_panel_failed" in caplog.text
 
 
-def test_status_page_queries_stay_few(
-    client, staff, job, django_assert_max_num_queries, settings
-):
+def test_status_page_queries_stay_few(client, staff, job, django_assert_max_num_queries, settings):
     settings.NEWSBEAT_STATUS_PANELS = []  # other apps' panels bring their own queries
     runs(job, [Status.SUCCEEDED] * 60, NOW)
 

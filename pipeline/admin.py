@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.db import models
 
-from .models import Article, Entity, SentimentPoint, Source
+from .models import STATISTICS, Article, Entity, SentimentPoint, Source
 from .tasks import fetch_source
 
 
@@ -85,18 +85,7 @@ class ArticleAdmin(admin.ModelAdmin):
 class SentimentPointAdmin(admin.ModelAdmin):
     """Computed by pipeline.aggregate_sentiment: read-only, the next aggregation rewrites it."""
 
-    list_display = (
-        "entity",
-        "period_start",
-        "period_length",
-        "article_count",
-        "mean_sentiment",
-        "min_sentiment",
-        "max_sentiment",
-        "positive_count",
-        "negative_count",
-        "neutral_count",
-    )
+    list_display = ("entity", "period_start", "period_length", *STATISTICS)
     list_select_related = ("entity",)
     list_filter = ("period_start", "entity")
     search_fields = ("entity__name", "entity__slug")

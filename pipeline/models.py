@@ -282,16 +282,7 @@ class SentimentPointManager(models.Manager):
                 points,
                 update_conflicts=True,
                 unique_fields=["entity", "period_start", "period_length"],
-                update_fields=[
-                    "article_count",
-                    "mean_sentiment",
-                    "min_sentiment",
-                    "max_sentiment",
-                    "positive_count",
-                    "negative_count",
-                    "neutral_count",
-                    "computed_at",
-                ],
+                update_fields=[*STATISTICS, "computed_at"],
             )
             kept = {(p.entity_id, p.period_start) for p in points}
             stored = self.filter(period_start__in=starts, period_length=HOUR).values_list(
@@ -301,6 +292,18 @@ class SentimentPointManager(models.Manager):
             if stale:
                 self.filter(pk__in=stale).delete()
         return len(points)
+
+
+# What an aggregation computes for each entity and period (SentimentPoint's fields).
+STATISTICS = (
+    "article_count",
+    "mean_sentiment",
+    "min_sentiment",
+    "max_sentiment",
+    "positive_count",
+    "negative_count",
+    "neutral_count",
+)
 
 
 class SentimentPoint(models.Model):

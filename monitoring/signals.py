@@ -1,16 +1,33 @@
 """Celery signal hooks that write one TaskExecution row per task execution attempt.
 
-Two writes per task: an INSERT at `task_prerun` (the row shows `started` while the task runs) and
-an UPDATE at `task_postrun` with the outcome. `task_failure` and `task_retry` fire before
-`task_postrun` in the same process, so they only remember the error for that final write.
+A short task costs one write: nothing at `task_prerun`, one INSERT of the finished row at
+`task_postrun`. A task still running after STARTED_ROW_AFTER (1 s) gets its `started` row from a
+background thread of the process running it, and `task_postrun` then UPDATEs that row instead.
+Writing at both ends took 40 % off the throughput of no-op tasks (bench/RESULTS.md); this way a
+short task pays for one insert, and a long task, for which one write more does not matter,
+still shows as `started` while it runs.
+
+The finished row is written synchronously in `task_postrun`, which returns before the worker
+acknowledges the message (acks_late): a task whose message was acknowledged has its row in the
+database, or in the Redis spool when the database was down.
+
+`task_failure` and `task_retry` fire before `task_postrun` in the same process, so they only
+remember the error for that final write.
+
+A worker that dies takes its tasks' state with it. A task that had run past the first second
+left a `started` row, which its redelivery (or the reaper) marks `lost`; a task that died sooner
+left nothing, so its redelivery writes the `lost` row for it.
 
 Audit writes never fail a task: every hook catches `DatabaseError`, logs it with the task id and
-lets the task carry on. When the start row could not be written, the final write inserts the
+lets the task carry on. When the started row could not be written, the final write inserts the
 whole row instead, so a database that comes back during the task still gets the record.
 """
 
+import functools
 import json
 import logging
+import os
+import threading
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +35,8 @@ from typing import Any
 import redis
 from celery import signals
 from celery.exceptions import Retry
-from django.db import DatabaseError, close_old_connections
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection, models
 from django.db.models import DurationField, ExpressionWrapper, F
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -32,8 +50,12 @@ ARGS_MAX_CHARS = 2000
 RESULT_MAX_CHARS = 4000
 MESSAGE_MAX_CHARS = 4000
 TRACEBACK_MAX_CHARS = 20000
+# A task running this long gets its `started` row; the writer thread looks every _WRITER_TICK.
+STARTED_ROW_AFTER = 1.0
+_WRITER_TICK = 0.2
 
-# task id -> what the final write needs. Keyed by task id, so thread and gevent pools work too.
+# task id -> the attempt: what its writes need. Keyed by task id, so thread and gevent pools
+# work too. An attempt's "lock" orders the started-row write before the final one.
 _running: dict[str, dict[str, Any]] = {}
 
 _POSTRUN_STATUS = {
@@ -117,17 +139,26 @@ def on_task_prerun(sender: Any = None, task_id: str = "", task: Any = None, **kw
         logger.exception("event=audit_error step=describe task_id=%s", task_id)
         return
     started_at = timezone.now()
-    state = {"fields": fields, "started_at": started_at, "t0": time.monotonic(), "pk": None}
-    _running[task_id] = state
-    try:
-        if (task.request.delivery_info or {}).get("redelivered"):
-            mark_lost(task_id, started_at)
-        state["pk"] = TaskExecution.objects.create(started_at=started_at, **fields).pk
-    except DatabaseError:
-        # The final write will try to insert the whole row.
-        logger.exception("event=audit_error step=start task_id=%s task=%s", task_id, task.name)
-        close_old_connections()
-    logger.info(
+    _running[task_id] = {
+        "fields": fields,
+        "started_at": started_at,
+        "t0": time.monotonic(),
+        "pk": None,
+        "lock": threading.Lock(),
+        "done": False,
+        "tried": False,
+    }
+    if (task.request.delivery_info or {}).get("redelivered"):
+        try:
+            mark_lost(task_id, started_at, fields)
+        except DatabaseError:
+            logger.exception("event=audit_error step=lost task_id=%s task=%s", task_id, task.name)
+            close_old_connections()
+    if not task.request.is_eager:
+        start_row_writer()
+    # DEBUG, as task_end: Celery logs every task received and how it ended at INFO already,
+    # and a line more per task cost 1 % of the throughput of short tasks (bench/RESULTS.md).
+    logger.debug(
         "event=task_start task_id=%s task=%s job=%s attempt=%s",
         task_id,
         fields["task_name"],
@@ -136,14 +167,80 @@ def on_task_prerun(sender: Any = None, task_id: str = "", task: Any = None, **kw
     )
 
 
-def mark_lost(task_id: str, now: datetime) -> int:
-    """Rows of this task still `started` belong to attempts whose worker died: they are lost."""
-    return TaskExecution.objects.filter(task_id=task_id, status=Status.STARTED).update(
-        status=Status.LOST,
-        finished_at=now,
-        error_type="WorkerLost",
-        error_message="the worker died during this attempt; the task was delivered again",
+def mark_lost(task_id: str, now: datetime, fields: dict[str, Any] | None = None) -> int:
+    """A delivery of this task before this one did not finish: mark its rows still `started`
+    `lost`. When it left none (it died within its first second, before its started row was
+    written) and `fields` describes this attempt, write a `lost` row for it. Returns how many
+    rows were marked or written.
+
+    Redis also redelivers a message that a worker shutting down had taken but not started; its
+    `lost` row then stands for a delivery that never ran, which the message says too.
+    """
+    lost = {
+        "status": Status.LOST,
+        "finished_at": now,
+        "error_type": "WorkerLost",
+        "error_message": "the worker died during this attempt; the task was delivered again",
+    }
+    marked = TaskExecution.objects.filter(task_id=task_id, status=Status.STARTED).update(**lost)
+    if marked or fields is None:
+        return marked
+    lost["error_message"] = (
+        "an earlier delivery of this task did not finish: its worker died within its first "
+        "second, or stopped before running it; the task was delivered again"
     )
+    TaskExecution.objects.create(started_at=now, **{**fields, "worker": ""}, **lost)
+    return 1
+
+
+# --- Started rows: written by one thread per process, for the tasks running past 1 s -----------
+_writer_pid: int | None = None
+_writer_lock = threading.Lock()
+
+
+def start_row_writer() -> None:
+    """Start this process's started-row writer unless it runs (threads do not survive fork, so
+    each pool child starts its own)."""
+    global _writer_pid
+    if _writer_pid == os.getpid():
+        return
+    with _writer_lock:
+        if _writer_pid == os.getpid():
+            return
+        threading.Thread(target=write_started_rows, name="audit-started-rows", daemon=True).start()
+        _writer_pid = os.getpid()
+
+
+def write_started_rows() -> None:
+    while True:
+        time.sleep(_WRITER_TICK)
+        due = time.monotonic() - STARTED_ROW_AFTER
+        try:
+            # One C-level copy: the pool's threads add and remove attempts meanwhile.
+            pending = [a for a in list(_running.values()) if a["t0"] <= due and not a["tried"]]
+            for attempt in pending:
+                write_started_row(attempt)
+            if pending:
+                # Rows are rare next to the tasks, and every pool child has this thread: an
+                # idle connection kept for each would add up.
+                connection.close()
+        except Exception:
+            logger.exception("event=audit_error step=started_rows")
+
+
+def write_started_row(attempt: dict[str, Any]) -> None:
+    with attempt["lock"]:
+        if attempt["done"] or attempt["tried"]:
+            return
+        attempt["tried"] = True
+        try:
+            attempt["pk"] = TaskExecution.objects.create(
+                started_at=attempt["started_at"], **attempt["fields"]
+            ).pk
+        except DatabaseError:
+            # The final write will insert the whole row.
+            task_id = attempt["fields"]["task_id"]
+            logger.exception("event=audit_error step=start task_id=%s", task_id)
 
 
 def on_task_failure(
@@ -158,7 +255,9 @@ def on_task_failure(
         state["error"] = describe_error(exception, einfo)
         return
     # Not running in this process: the worker's main process reports a hard time limit after
-    # killing the child that ran the task, so no postrun will come. Finish the row here.
+    # killing the child that ran the task, so no postrun may come. Finish the started row here.
+    # (A task killed before its started row was written, by a hard limit under a second, has
+    # its child write the row in the grace period between SIGTERM and SIGKILL, or has none.)
     try:
         TaskExecution.objects.filter(task_id=task_id, status=Status.STARTED).update(
             status=Status.FAILED,
@@ -204,21 +303,24 @@ def on_task_postrun(
         "result": summarise_result(retval) if status == Status.SUCCEEDED else None,
         **running.get("error", {}),
     }
-    try:
-        if running["pk"] is not None:
-            TaskExecution.objects.filter(pk=running["pk"]).update(**finished)
+    # The lock waits for the writer thread should it be writing this task's started row now.
+    with running["lock"]:
+        running["done"] = True
+        try:
+            if running["pk"] is not None:
+                TaskExecution.objects.filter(pk=running["pk"]).update(**finished)
+            else:
+                insert_row({"started_at": running["started_at"], **running["fields"], **finished})
+        except DatabaseError:
+            logger.exception("event=audit_error step=finish task_id=%s status=%s", task_id, status)
+            close_old_connections()
+            spool_row({"started_at": running["started_at"], **running["fields"], **finished})
+            spooled = True
         else:
-            TaskExecution.objects.create(
-                started_at=running["started_at"], **running["fields"], **finished
-            )
-    except DatabaseError:
-        logger.exception("event=audit_error step=finish task_id=%s status=%s", task_id, status)
-        close_old_connections()
-        spool_row({"started_at": running["started_at"], **running["fields"], **finished})
-    else:
-        if _spooled_here:
-            replay_spool()
-    logger.info(
+            spooled = False
+    if _spooled_here and not spooled:
+        replay_spool()
+    logger.debug(
         "event=task_end task_id=%s task=%s job=%s status=%s ms=%d",
         task_id,
         running["fields"]["task_name"],
@@ -226,6 +328,63 @@ def on_task_postrun(
         status,
         finished["duration"].total_seconds() * 1000,
     )
+
+
+# --- The final write: one INSERT per task ------------------------------------------------------
+# On PostgreSQL the statement also sets synchronous_commit off for its own transaction
+# (set_config(..., true) in RETURNING): its commit does not wait for the WAL to reach the disk.
+# Under disk contention that wait kept the pool child idle for 1 to 6 ms per task, longer than
+# the task. The row is in the database before the worker acknowledges the task; only a crash
+# of PostgreSQL or of its machine within about 0.6 s (3 x wal_writer_delay) of the commit loses
+# it (bench/RESULTS.md). NEWSBEAT_AUDIT_SYNCHRONOUS_COMMIT = True waits for the disk instead.
+_ASYNC_COMMIT = " RETURNING set_config('synchronous_commit', 'off', true)"
+
+
+class _Insert:
+    """The INSERT of a TaskExecution row, built once per process from the model."""
+
+    def __init__(self) -> None:
+        fields = [f for f in TaskExecution._meta.concrete_fields if not f.primary_key]
+        quote = connection.ops.quote_name
+        head = "INSERT INTO {} ({}) VALUES ".format(
+            quote(TaskExecution._meta.db_table), ", ".join(quote(f.column) for f in fields)
+        )
+        self.sql = head + "({})".format(", ".join(["%s"] * len(fields)))
+        self.asynchronous = connection.vendor == "postgresql" and not getattr(
+            settings, "NEWSBEAT_AUDIT_SYNCHRONOUS_COMMIT", False
+        )
+        self.defaults = {f.attname: f.get_default() for f in fields}
+        # Text goes to the database as it is; the other fields (times, JSON) need converting.
+        text = (models.CharField, models.TextField, models.PositiveIntegerField)
+        self.fields = [(f, type(f) in text) for f in fields]
+
+    def params(self, row: dict[str, Any]) -> list[Any]:
+        values = {**self.defaults, **row}
+        return [
+            values[f.attname] if text else f.get_db_prep_save(values[f.attname], connection)
+            for f, text in self.fields
+        ]
+
+
+@functools.cache
+def prepared_insert() -> _Insert:
+    return _Insert()
+
+
+def insert_row(row: dict[str, Any]) -> None:
+    """INSERT one finished TaskExecution row given as {attname: value}; fields not named get
+    their defaults.
+
+    What `TaskExecution.objects.create(**row)` does, less the ORM compiling the statement on
+    every call and returning the id, which nothing needs: half the client CPU of create().
+    """
+    insert = prepared_insert()
+    sql = insert.sql
+    # Inside a transaction (a task's own, a test's) the setting would last until its end.
+    if insert.asynchronous and not connection.in_atomic_block:
+        sql += _ASYNC_COMMIT
+    with connection.cursor() as cursor:
+        cursor.execute(sql, insert.params(row))
 
 
 # --- Spool: audit rows the database could not take, kept in Redis until it can -------------------
@@ -314,7 +473,7 @@ def on_task_revoked(
         if not updated:
             TaskExecution.objects.create(
                 task_id=request.id,
-                task_name=getattr(request, "task_name", None) or getattr(request, "name", ""),
+                task_name=getattr(sender, "name", None) or getattr(request, "task", "") or "",
                 periodic_task_name=job_name(request),
                 worker=(getattr(request, "hostname", "") or "")[:255],
                 started_at=now,
@@ -360,7 +519,13 @@ def record_rejected(task_id: str, task_name: str, exc: Any) -> None:
 
 
 def signals_connect() -> None:
-    """Connect the hooks; called once from MonitoringConfig.ready()."""
+    """Connect the hooks; called once from MonitoringConfig.ready().
+
+    `NEWSBEAT_AUDIT = False` leaves them out: the benchmarks' reference worker (bench/settings.py).
+    """
+    if not getattr(settings, "NEWSBEAT_AUDIT", True):
+        logger.warning("event=audit_off")
+        return
     signals.task_prerun.connect(on_task_prerun, dispatch_uid="monitoring.prerun")
     signals.task_postrun.connect(on_task_postrun, dispatch_uid="monitoring.postrun")
     signals.task_failure.connect(on_task_failure, dispatch_uid="monitoring.failure")

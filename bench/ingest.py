@@ -1,0 +1,164 @@
+"""Target 3, ingestion: parse, match, score and store feed entries, in this process.
+
+Each feed goes through what a fetch_source task does after the download: `parse_feed`, then
+`store_entries` (match, score, store). The matcher and the scorer are wrapped with timers, so
+the share of each step comes from the pipeline's own code path; "store" is the rest of
+`store_entries`: the lookup of stored guids, building the rows, the inserts.
+
+Matching against 50 and 5,000 entities runs on the same texts: the time per entry must not grow
+with the number of entities (Aho-Corasick reads a text once, whatever the number of names).
+"""
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+from pipeline import tasks
+from pipeline.entities import Matcher
+from pipeline.models import Article, Entity, Source
+from pipeline.parse import parse_feed
+
+from .common import Row, log, median
+from .feeds import ENTRIES_PER_FEED, entity_names, rss
+
+ENTITIES = 5_000
+FEW_ENTITIES = 50
+
+
+def reset_pipeline() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE pipeline_article_entities, pipeline_article, pipeline_sentimentpoint, "
+            "pipeline_source, pipeline_entity RESTART IDENTITY CASCADE"
+        )
+
+
+def create_entities(names: list[tuple[str, list[str]]]) -> None:
+    Entity.objects.bulk_create(
+        Entity(name=name, slug=f"bench-{i}", aliases=aliases)
+        for i, (name, aliases) in enumerate(names)
+    )
+
+
+@contextmanager
+def step_clock(seconds: dict[str, float]):
+    """Time the matcher (building it included) and the scorer inside store_entries."""
+
+    def timed(step: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[step] += time.perf_counter() - started
+
+        return call
+
+    def matcher(entities: Any) -> Matcher:
+        built = timed("match", Matcher)(entities)
+        built.match = timed("match", built.match)
+        return built
+
+    real = (tasks.Matcher, tasks.score_text)
+    tasks.Matcher, tasks.score_text = matcher, timed("score", tasks.score_text)
+    try:
+        yield
+    finally:
+        tasks.Matcher, tasks.score_text = real
+
+
+def ingest(feeds: list[tuple[Source, bytes]]) -> dict[str, float]:
+    seconds: dict[str, float] = defaultdict(float)
+    with step_clock(seconds):
+        for source, content in feeds:
+            started = time.perf_counter()
+            feed = parse_feed(content, content_type="application/rss+xml", url=source.url)
+            parsed = time.perf_counter()
+            tasks.store_entries(source, feed.entries, timezone.now())
+            seconds["parse"] += parsed - started
+            seconds["store"] += time.perf_counter() - parsed
+    seconds["store"] -= seconds["match"] + seconds["score"]
+    return seconds
+
+
+def matching_seconds_per_entry(texts: list[str], entities: int, per_fetch: bool) -> float:
+    """Time per entry to match `texts` against the first `entities` entities, in fetches of
+    ENTRIES_PER_FEED entries. With `per_fetch`, each fetch builds its matcher from the database
+    first, as store_entries does; without, one matcher serves all."""
+    names = Entity.objects.order_by("id").values_list("id", "name", "aliases")[:entities]
+
+    def build() -> Matcher:
+        return Matcher((entity_id, [name, *aliases]) for entity_id, name, aliases in names)
+
+    started = time.perf_counter()
+    matcher = build()
+    for i, text in enumerate(texts):
+        if per_fetch and i and not i % ENTRIES_PER_FEED:
+            matcher = build()
+        matcher.match(text)
+    return (time.perf_counter() - started) / len(texts)
+
+
+def run(entries: int, runs: int) -> list[Row]:
+    """`entries` feed entries in feeds of 50, in `runs` equal parts; the figure is the median
+    of the parts' rates."""
+    names = entity_names(ENTITIES)
+    all_names = [name for name, aliases in names] + [a for _, aliases in names for a in aliases]
+    reset_pipeline()
+    create_entities(names)
+    count = max(runs, -(-entries // ENTRIES_PER_FEED))
+    sources = Source.objects.bulk_create(
+        Source(name=f"bench {i}", url=f"https://news.example/{i}/rss") for i in range(count)
+    )
+    feeds = [(source, rss(i, all_names)) for i, source in enumerate(sources)]
+    parts = [ingest(feeds[i::runs]) for i in range(runs)]
+    per_part = [len(feeds[i::runs]) * ENTRIES_PER_FEED for i in range(runs)]
+    rates = [n / sum(p.values()) for n, p in zip(per_part, parts, strict=True)]
+    total = defaultdict(float)
+    for part in parts:
+        for step, value in part.items():
+            total[step] += value
+    shares = ", ".join(
+        f"{step} {total[step] / sum(total.values()):.0%}"
+        for step in ("parse", "match", "score", "store")
+    )
+    log("ingest: %s entries/s, %s", " ".join(f"{r:.0f}" for r in rates), shares)
+    rows = [
+        Row(
+            "3 ingest: entries parsed, matched, scored, stored",
+            median(rates),
+            "entries/s",
+            note=f"{count * ENTRIES_PER_FEED} entries, {ENTITIES} entities; time: {shares}",
+        )
+    ]
+    rows += matching([a.text() for a in Article.objects.order_by("id")[:5000]], runs)
+    reset_pipeline()
+    return rows
+
+
+def matching(texts: list[str], runs: int) -> list[Row]:
+    rows = []
+    for per_fetch in (True, False):
+        few, many = [], []
+        for _ in range(runs):
+            few.append(matching_seconds_per_entry(texts, FEW_ENTITIES, per_fetch))
+            many.append(matching_seconds_per_entry(texts, ENTITIES, per_fetch))
+        ratio = median(many) / median(few)
+        how = "a matcher built per fetch, as store_entries does" if per_fetch else "one matcher"
+        rows.append(
+            Row(
+                f"3 matching: time per entry, {ENTITIES} vs {FEW_ENTITIES} entities, {how}",
+                median(many) * 1e6,
+                "µs",
+                reference=f"{median(few) * 1e6:.1f} µs with {FEW_ENTITIES}",
+                ratio=ratio,
+                target="< 3" if per_fetch else "",
+                passed=ratio < 3 if per_fetch else None,
+                note=f"{len(texts)} entries, fetches of {ENTRIES_PER_FEED}",
+            )
+        )
+    return rows

@@ -266,6 +266,10 @@ NEWSBEAT_FETCH_DEADLINE = env_int("NEWSBEAT_FETCH_DEADLINE", 60, minimum=1)
 NEWSBEAT_FETCH_ATTEMPTS = env_int("NEWSBEAT_FETCH_ATTEMPTS", 4, minimum=1)
 # First backoff wait in seconds before a retry (doubles each time, with jitter).
 NEWSBEAT_FETCH_BACKOFF = 1.0
+# The audit hook commits a task's final row without waiting for the disk (synchronous_commit off
+# for that statement): a PostgreSQL crash within ~0.6 s of a task's end can lose its row. On:
+# wait for the disk, at a fraction of the throughput of very short tasks (bench/RESULTS.md).
+NEWSBEAT_AUDIT_SYNCHRONOUS_COMMIT = env_bool("NEWSBEAT_AUDIT_SYNCHRONOUS_COMMIT", False)
 # A message redelivered because its worker died runs at most this many times in all.
 NEWSBEAT_MAX_DELIVERIES = env_int("NEWSBEAT_MAX_DELIVERIES", 3, minimum=1)
 # Beat leadership: the active beat renews a Redis lock this often; a standby takes over within

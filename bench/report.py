@@ -32,7 +32,7 @@ def table(rows: list[Row], seconds: float | None = None) -> str:
             row.name,
             figure(row.value, row.unit),
             row.reference or "-",
-            f"{row.ratio:.2f}" if row.ratio is not None else "-",
+            f"{row.ratio:.3f}" if row.ratio is not None else "-",
             row.target or "-",
             result(row),
             row.note,

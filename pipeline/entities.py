@@ -11,7 +11,8 @@ regex of all names is not much better, since Python's `re` tries the alternative
 every position. The automaton reads the text once, whatever the number of names, and reports
 every occurrence; the word-boundary check then runs on the few hits only. Measured with 5,000
 entities (10,000 names) on a 600-character article: regex loop ~75 ms, one alternation regex
-~12 ms, Matcher ~0.02 ms; building the Matcher takes ~25 ms, so a fetch builds a fresh one.
+~12 ms, Matcher ~0.02 ms. Building the Matcher takes ~30 ms, so each process keeps one until
+the entities change (EntityManager.matcher in models.py).
 """
 
 import re

@@ -1,10 +1,11 @@
 """Target 2, fan-out: the 15-minute job (pipeline.poll_news) over 1,000 sources on a loopback
 feed server that answers each request after 200 ms.
 
-Workers as README's "Performance" section recommends for I/O-bound fetching: the fetches go to
-the `fetch` queue (CELERY_TASK_ROUTES in bench/settings.py), consumed by FETCH_WORKERS workers
-with a threads pool; poll_news itself runs on a default prefork worker. The physical floor is
-sources x 0.2 s / the fetch workers' total concurrency.
+Workers as deployed by default (README, "Performance"; the fetch-worker service): the fetches go
+to the project's fetch queue (NEWSBEAT_FETCH_QUEUE), consumed by FETCH_WORKERS workers with a
+threads pool of FETCH_THREADS, compose's default FETCH_CONCURRENCY; poll_news itself runs on a
+default prefork worker. The physical floor is sources x 0.2 s / the fetch workers' total
+concurrency.
 
 The feeds are in steady state, as every 15 minutes after the first poll: an untimed first poll
 stores their entries, then each timed poll finds one new entry per feed.
@@ -14,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from django.conf import settings
 from django.db import connection
 
 from monitoring.models import TaskExecution
@@ -70,7 +72,8 @@ def run(logs: Path, sources: int, runs: int) -> list[Row]:
     reset_pipeline()
     create_entities(entity_names(50))
     threads = ("--pool=threads", f"--concurrency={FETCH_THREADS}")
-    specs = [Worker(f"fanout-fetch{n}", "fetch", threads) for n in range(FETCH_WORKERS)]
+    queue = settings.NEWSBEAT_FETCH_QUEUE
+    specs = [Worker(f"fanout-fetch{n}", queue, threads) for n in range(FETCH_WORKERS)]
     with FeedServer() as server, workers(logs, Worker("fanout-poll", "celery"), *specs):
         Source.objects.bulk_create(
             Source(name=f"bench {i}", url=server.url(f"/feed/{i}"), kind=Kind.NEWS)

@@ -36,10 +36,6 @@ if BENCH_AUDIT == "results":
 if not env_bool("BENCH_DB_REUSE", True):
     del CELERY_DB_REUSE_MAX  # noqa: F821 - star-imported above
 
-# The fan-out benchmark runs the fetches on their own queue, consumed by an I/O-bound worker
-# (threads pool); poll_news itself stays on the default queue.
-CELERY_TASK_ROUTES = {"pipeline.fetch_source": {"queue": "fetch"}}
-
 # The beat benchmark: beat schedules only BENCH_BEAT_JOBS jobs of bench.tick, every second.
 BENCH_BEAT_JOBS = env_int("BENCH_BEAT_JOBS", 0)
 if BENCH_BEAT_JOBS:

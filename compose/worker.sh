@@ -1,6 +1,7 @@
 #!/bin/sh
-# A Celery worker. In Docker, $HOSTNAME is the container's hostname, the same name %h expands to,
-# so the healthcheck can ping exactly this worker with `-d celery@$HOSTNAME`.
+# The default Celery worker (prefork, the default queue): every task but the feed fetches, which
+# fetch-worker.sh runs. In Docker, $HOSTNAME is the container's hostname, the same name %h expands
+# to, so the healthcheck can ping exactly this worker with `-d celery@$HOSTNAME`.
 # The deploy checks come first: a worker with the development secret key, private feed addresses
 # allowed or a vulnerable Expat refuses to start (project/checks.py).
 set -eu

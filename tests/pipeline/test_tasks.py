@@ -349,7 +349,7 @@ def finished(task_name: str, count: int) -> list[TaskExecution]:
 
 
 def drain(worker) -> None:
-    """Return once the worker has run everything queued before this call.
+    """Return once the worker has run everything queued before this call on the default queue.
 
     The worker runs one task at a time, in queue order (concurrency 1, prefetch 1), so when a
     task sent now has finished, every task queued earlier (such as a chord callback) has too.
@@ -429,3 +429,63 @@ def test_poll_stories_without_discussion_sources_aggregates_directly(worker, fee
     [aggregation] = finished("pipeline.aggregate_sentiment", 1)
     assert aggregation.status == Status.SUCCEEDED
     assert feed_server.requests == []
+
+
+# --- fetches on their own queue, as deployed: a threads-pool worker beside a prefork one --------
+
+
+@pytest.fixture
+def deployed_workers(start_worker):
+    """The deployment's two workers (README, Performance): prefork on the default queue, threads
+    on the fetch queue."""
+    start_worker("w1", "--concurrency=1", queues="celery")
+    start_worker("f1", "--pool=threads", "--concurrency=4", queues="fetch")
+
+
+def placement(row: TaskExecution) -> tuple[str, str]:
+    """Which worker (its name before the @) took the task, from which queue."""
+    return row.worker.partition("@")[0], row.queue
+
+
+@pytest.mark.integration
+def test_threads_pool_worker_on_the_fetch_queue_runs_fetches_and_audits_them(
+    deployed_workers, feed_server, entities
+):
+    make_source(feed_server, "/a.xml")
+    make_source(feed_server, "/b.xml")
+    broken = make_source(feed_server, "/gone.xml", status=404)
+
+    assert poll_news.delay().get(timeout=60) == {"sources": 3}
+
+    rows = finished("pipeline.fetch_source", 3)
+    assert {placement(row) for row in rows} == {("f1", "fetch")}
+    assert all(row.finished_at >= row.started_at and row.duration is not None for row in rows)
+    [failed] = [row for row in rows if row.status == Status.FAILED]
+    assert (failed.args, failed.error_type) == (f"[{broken.pk}]", "FetchError")
+    assert "404" in failed.error_message
+    assert "Traceback" in failed.traceback
+    succeeded = [row for row in rows if row.status == Status.SUCCEEDED]
+    assert sorted(row.result["new"] for row in succeeded) == [3, 3]
+    [poll] = finished("pipeline.poll_news", 1)
+    assert placement(poll) == ("w1", "celery")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("broken", [False, True], ids=["all-succeed", "one-fails"])
+def test_poll_stories_aggregates_after_fetches_on_the_fetch_queue(
+    deployed_workers, feed_server, entities, broken
+):
+    make_source(feed_server, "/a.xml", kind=Kind.DISCUSSION)
+    make_source(feed_server, "/b.xml", kind=Kind.DISCUSSION, status=404 if broken else 200)
+
+    assert poll_stories.delay().get(timeout=60) == {"sources": 2}
+
+    fetches = finished("pipeline.fetch_source", 2)
+    assert {placement(row) for row in fetches} == {("f1", "fetch")}
+    [aggregation] = finished("pipeline.aggregate_sentiment", 1)
+    assert (aggregation.status, placement(aggregation)) == (Status.SUCCEEDED, ("w1", "celery"))
+    # The chord sends the aggregation when the last fetch's result is stored, which is before
+    # that fetch's audit row is finished: the other worker may start it a few ms earlier than the
+    # row's finished_at. That it counted every article shows it ran after the fetches' work.
+    apple = SentimentPoint.objects.get(entity=entities["apple"], period_start=T10)
+    assert apple.article_count == (2 if broken else 4)

@@ -7,9 +7,11 @@ Writing at both ends took 40 % off the throughput of no-op tasks (bench/RESULTS.
 short task pays for one insert, and a long task, for which one write more does not matter,
 still shows as `started` while it runs.
 
-The finished row is written synchronously in `task_postrun`, which returns before the worker
-acknowledges the message (acks_late): a task whose message was acknowledged has its row in the
-database, or in the Redis spool when the database was down.
+The finished row is sent in `task_postrun`, which returns before the worker acknowledges the
+message (acks_late): a task whose message was acknowledged has its row in the database, or in
+the Redis spool when the database was down. In a worker on PostgreSQL the INSERT goes out on a
+connection of the process's own and the answer is read later (audit_writer.py: why that loses
+nothing); elsewhere (SQLite, eager tasks, inside a transaction) it waits on Django's connection.
 
 `task_failure` and `task_retry` fire before `task_postrun` in the same process, so they only
 remember the error for that final write.
@@ -41,6 +43,8 @@ from django.db.models import DurationField, ExpressionWrapper, F
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from . import audit_writer as _audit_writer
+from .audit_writer import AuditWriter, writer
 from .broker import KEY_PREFIX, redis_client
 from .models import Status, TaskExecution
 
@@ -220,6 +224,9 @@ def write_started_rows() -> None:
             pending = [a for a in list(_running.values()) if a["t0"] <= due and not a["tried"]]
             for attempt in pending:
                 write_started_row(attempt)
+            if _audit_writer.has_writer():
+                # Confirms an idle process's last row (or sends it the ordinary way).
+                audit_writer().poll()
             if pending:
                 # Rows are rare next to the tasks, and every pool child has this thread: an
                 # idle connection kept for each would add up.
@@ -303,23 +310,33 @@ def on_task_postrun(
         "result": summarise_result(retval) if status == Status.SUCCEEDED else None,
         **running.get("error", {}),
     }
+    row = {"started_at": running["started_at"], **running["fields"], **finished}
     # The lock waits for the writer thread should it be writing this task's started row now.
     with running["lock"]:
         running["done"] = True
-        try:
-            if running["pk"] is not None:
-                TaskExecution.objects.filter(pk=running["pk"]).update(**finished)
-            else:
-                insert_row({"started_at": running["started_at"], **running["fields"], **finished})
-        except DatabaseError:
-            logger.exception("event=audit_error step=finish task_id=%s status=%s", task_id, status)
-            close_old_connections()
-            spool_row({"started_at": running["started_at"], **running["fields"], **finished})
-            spooled = True
+        if running["pk"] is None and sends_without_waiting(task):
+            spooled = not audit_writer().write(row)
         else:
-            spooled = False
+            try:
+                if running["pk"] is not None:
+                    TaskExecution.objects.filter(pk=running["pk"]).update(**finished)
+                else:
+                    insert_row(row)
+            except DatabaseError:
+                logger.exception(
+                    "event=audit_error step=finish task_id=%s status=%s", task_id, status
+                )
+                close_old_connections()
+                spool_row(row)
+                spooled = True
+            else:
+                spooled = False
     if _spooled_here and not spooled:
-        replay_spool()
+        try:
+            replay_spool()
+        except DatabaseError:
+            logger.exception("event=audit_error step=replay")
+            close_old_connections()
     logger.debug(
         "event=task_end task_id=%s task=%s job=%s status=%s ms=%d",
         task_id,
@@ -387,6 +404,44 @@ def insert_row(row: dict[str, Any]) -> None:
         cursor.execute(sql, insert.params(row))
 
 
+def sends_without_waiting(task: Any) -> bool:
+    """Whether a final row goes through the AuditWriter (audit_writer.py): on PostgreSQL, in a
+    worker (not an eager task) and outside a transaction, whose rollback must take the row."""
+    return (
+        getattr(settings, "NEWSBEAT_AUDIT_WRITER", True)
+        and connection.vendor == "postgresql"
+        and not task.request.is_eager
+        and not connection.in_atomic_block
+    )
+
+
+def write_row_once(row: dict[str, Any]) -> bool:
+    """The AuditWriter's fallback: INSERT a row it could not confirm, unless it is in the table
+    (its statement may have run before the connection broke). When the database fails, spool
+    the row and return False."""
+    try:
+        written = TaskExecution.objects.filter(
+            task_id=row["task_id"], attempt=row["attempt"], finished_at=row["finished_at"]
+        )
+        if not written.exists():
+            insert_row(row)
+    except DatabaseError:
+        logger.exception("event=audit_error step=finish task_id=%s", row["task_id"])
+        close_old_connections()
+        spool_row(row)
+        return False
+    return True
+
+
+def audit_writer() -> AuditWriter:
+    def make() -> AuditWriter:
+        insert = prepared_insert()
+        sql = insert.sql % tuple(f"${i}" for i in range(1, len(insert.fields) + 1))
+        return AuditWriter(sql, insert.params, write_row_once)
+
+    return writer(make)
+
+
 # --- Spool: audit rows the database could not take, kept in Redis until it can -------------------
 SPOOL_KEY = f"{KEY_PREFIX}audit-spool"
 SPOOL_MAX = 100_000
@@ -430,10 +485,16 @@ def replay_spool(limit: int = 10_000) -> int:
         if record["duration"] is not None:
             record["duration"] = timedelta(seconds=record["duration"])
         try:
-            started = TaskExecution.objects.filter(
-                task_id=record["task_id"], attempt=record["attempt"], status=Status.STARTED
+            same = TaskExecution.objects.filter(
+                task_id=record["task_id"], attempt=record["attempt"]
             )
-            if not started.update(**{k: v for k, v in record.items() if k != "started_at"}):
+            started = same.filter(status=Status.STARTED)
+            finished = {k: v for k, v in record.items() if k != "started_at"}
+            # A row the AuditWriter sent just before its connection broke may be in already.
+            if (
+                not started.update(**finished)
+                and not same.filter(finished_at=record["finished_at"]).exists()
+            ):
                 TaskExecution.objects.create(**record)
         except DatabaseError:
             client.lpush(SPOOL_KEY, raw)

@@ -278,6 +278,10 @@ NEWSBEAT_FETCH_BACKOFF = 1.0
 # for that statement): a PostgreSQL crash within ~0.6 s of a task's end can lose its row. On:
 # wait for the disk, at a fraction of the throughput of very short tasks (bench/RESULTS.md).
 NEWSBEAT_AUDIT_SYNCHRONOUS_COMMIT = env_bool("NEWSBEAT_AUDIT_SYNCHRONOUS_COMMIT", False)
+# On PostgreSQL a worker process sends each final audit row on a connection of its own without
+# waiting for the answer, read before the next row (monitoring/audit_writer.py). Off: wait on
+# Django's connection, e.g. behind a pooler that cannot keep a prepared statement.
+NEWSBEAT_AUDIT_WRITER = env_bool("NEWSBEAT_AUDIT_WRITER", True)
 # A message redelivered because its worker died runs at most this many times in all.
 NEWSBEAT_MAX_DELIVERIES = env_int("NEWSBEAT_MAX_DELIVERIES", 3, minimum=1)
 # Beat leadership: the active beat renews a Redis lock this often; a standby takes over within

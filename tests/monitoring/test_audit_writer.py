@@ -1,0 +1,225 @@
+"""The AuditWriter (monitoring/audit_writer.py): final audit rows sent on a PostgreSQL connection
+of its own, answers read later. What it sends must land exactly once, whatever happens to the
+connection or the process between sending and reading the answer."""
+
+import json
+import threading
+import uuid
+from datetime import timedelta
+
+import psycopg
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from monitoring import signals
+from monitoring.audit_writer import AuditWriter
+from monitoring.models import Status, TaskExecution
+from tests import tasks
+from tests.processes import wait_for
+
+
+def a_row(**fields) -> dict:
+    now = timezone.now()
+    return {
+        "task_id": str(uuid.uuid4()),
+        "task_name": "tests.add",
+        "status": Status.SUCCEEDED,
+        "attempt": 1,
+        "worker": "w1@host",
+        "started_at": now - timedelta(milliseconds=3),
+        "finished_at": now,
+        "duration": timedelta(milliseconds=3),
+        "result": {"sum": 5, "text": "naïve ' quote"},
+        **fields,
+    }
+
+
+def rows_of(*task_ids: str) -> list[TaskExecution]:
+    return list(TaskExecution.objects.filter(task_id__in=task_ids).order_by("id"))
+
+
+@pytest.fixture
+def fallen_back(monkeypatch):
+    """Rows the writer handed to its fallback (then written as in production)."""
+    rows = []
+
+    def fallback(row):
+        rows.append(row)
+        return signals.write_row_once(row)
+
+    return rows, fallback
+
+
+@pytest.fixture
+def writer(transactional_db, fallen_back):
+    insert = signals.prepared_insert()
+    sql = insert.sql % tuple(f"${i}" for i in range(1, len(insert.fields) + 1))
+    made = AuditWriter(sql, insert.params, fallen_back[1])
+    yield made
+    made.close()
+
+
+def writer_backend_pid(writer: AuditWriter) -> int:
+    return writer._wrapper.connection.info.backend_pid
+
+
+def terminate(pid: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    wait_for(lambda: not backend_exists(pid), timeout=10)
+
+
+def backend_exists(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+        return bool(cursor.fetchone()[0])
+
+
+def test_rows_sent_are_the_rows_django_would_write(writer, fallen_back):
+    sent = a_row(error_type="", traceback="")
+    direct = {**a_row(), **{k: v for k, v in sent.items() if k != "task_id"}}
+
+    writer.write(sent)
+    signals.insert_row(direct)
+    writer.close()  # reads the last answer
+
+    via_writer, via_django = rows_of(sent["task_id"]), rows_of(direct["task_id"])
+    fields = [
+        f.attname for f in TaskExecution._meta.concrete_fields if f.attname not in ("id", "task_id")
+    ]
+    assert [getattr(via_writer[0], f) for f in fields] == [
+        getattr(via_django[0], f) for f in fields
+    ]
+    assert via_writer[0].result == {"sum": 5, "text": "naïve ' quote"}
+    assert fallen_back[0] == []
+
+
+def test_the_commit_does_not_wait_for_the_disk_on_the_writers_connection(writer):
+    writer.write(a_row())
+    with writer._wrapper.connection.cursor() as cursor:
+        writer._answer(block=True)
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "off"
+
+
+def test_a_row_the_database_refuses_goes_to_the_fallback_and_then_the_spool(
+    writer, fallen_back, broker
+):
+    refused = a_row(attempt=-1)  # violates the attempt >= 0 check
+    fine = a_row()
+
+    writer.write(refused)
+    writer.write(fine)  # reads the refusal first
+    writer.close()
+
+    assert [r["task_id"] for r in fallen_back[0]] == [refused["task_id"]]
+    assert rows_of(refused["task_id"]) == []
+    assert len(rows_of(fine["task_id"])) == 1
+    # The ordinary path refused it too: it waits in the spool with everything it said.
+    [spooled] = [json.loads(r) for r in broker.lrange(signals.SPOOL_KEY, 0, -1)]
+    assert (spooled["task_id"], spooled["attempt"]) == (refused["task_id"], -1)
+
+
+def test_a_row_unanswered_when_the_connection_dies_is_written_once(writer, fallen_back):
+    first = a_row()
+    writer.write(first)
+    writer._answer(block=True)
+    # Hold the table so the next row waits in the writer's backend, uncommitted, then kill
+    # that backend: the row was sent but never ran.
+    blocker = psycopg.connect(**connection.get_connection_params(), autocommit=False)
+    blocker.execute("LOCK TABLE monitoring_taskexecution IN ACCESS EXCLUSIVE MODE")
+    lost_in_flight = a_row()
+    writer.write(lost_in_flight)
+    pid = writer_backend_pid(writer)
+    wait_for(lambda: waiting_on_lock(pid), timeout=10)
+    terminate(pid)
+    blocker.rollback()
+    blocker.close()
+
+    after = a_row()
+    writer.write(after)  # finds the broken connection: the unanswered row goes the other way
+    writer.close()
+
+    assert [r["task_id"] for r in fallen_back[0]] == [lost_in_flight["task_id"], after["task_id"]]
+    for row in (first, lost_in_flight, after):
+        assert len(rows_of(row["task_id"])) == 1
+
+
+def waiting_on_lock(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+        found = cursor.fetchone()
+        return bool(found) and found[0] == "Lock"
+
+
+def test_a_row_committed_before_its_answer_was_read_is_not_written_again(writer, fallen_back):
+    row = a_row()
+    writer.write(row)
+    wait_for(lambda: rows_of(row["task_id"]), timeout=10)
+    # The answer is lost with the connection: the fallback must find the row and add nothing.
+    writer._unanswered = row
+    writer._wrapper.connection.pgconn.finish()
+
+    writer.write(a_row())
+    writer.close()
+
+    assert [r["task_id"] for r in fallen_back[0]][:1] == [row["task_id"]]
+    assert len(rows_of(row["task_id"])) == 1
+
+
+def test_with_the_database_unreachable_rows_are_spooled_and_the_writer_waits_to_retry(
+    writer, fallen_back, broker, monkeypatch
+):
+    writer.write(a_row())
+    writer._answer(block=True)
+    terminate(writer_backend_pid(writer))
+    monkeypatch.setattr(signals, "insert_row", broken_insert)
+
+    missed = [a_row(), a_row()]
+    for row in missed:
+        writer.write(row)
+
+    assert [r["task_id"] for r in fallen_back[0]] == [r["task_id"] for r in missed]
+    spooled = [json.loads(r)["task_id"] for r in broker.lrange(signals.SPOOL_KEY, 0, -1)]
+    assert spooled == [r["task_id"] for r in missed]
+    # Within RETRY_AFTER it does not try to connect again for every row.
+    assert writer._wrapper is None
+
+
+def broken_insert(row):
+    from django.db import OperationalError
+
+    raise OperationalError("the database is down")
+
+
+def test_threads_share_one_writer(writer):
+    rows = [a_row() for _ in range(200)]
+
+    def send(part):
+        for row in part:
+            writer.write(row)
+
+    threads = [threading.Thread(target=send, args=(rows[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writer.close()
+
+    assert len(rows_of(*[r["task_id"] for r in rows])) == 200
+
+
+@pytest.mark.integration
+def test_a_pool_child_that_exits_after_each_task_leaves_every_row(start_worker):
+    """--max-tasks-per-child=1: each child sends its one row and exits at once, its answer
+    unread. PostgreSQL runs a statement it received though the client is gone."""
+    start_worker("w1", "--concurrency=2", "--max-tasks-per-child=1")
+    task_ids = [tasks.add.delay(i, i).id for i in range(20)]
+
+    def finished():
+        done = TaskExecution.objects.filter(task_id__in=task_ids, status=Status.SUCCEEDED)
+        return done.count() == len(task_ids)
+
+    wait_for(finished, timeout=60)
+    assert TaskExecution.objects.filter(task_id__in=task_ids).count() == len(task_ids)

@@ -199,6 +199,16 @@ def has_writer() -> bool:
     return _writer_pid == os.getpid()
 
 
+def close_writer(**kwargs: Any) -> None:
+    """Read the last row's answer and close the connection: a row refused at the very end
+    still goes to the fallback. Connected to worker_process_shutdown (a pool child's exit) and
+    worker_shutdown (a threads-pool worker's)."""
+    global _writer, _writer_pid
+    if has_writer() and _writer is not None:
+        _writer.close()
+    _writer, _writer_pid = None, None
+
+
 def writer(make: Callable[[], AuditWriter]) -> AuditWriter:
     """This process's writer (a forked pool child makes its own: a connection is not shared)."""
     global _writer, _writer_pid

@@ -44,7 +44,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from . import audit_writer as _audit_writer
-from .audit_writer import AuditWriter, writer
+from .audit_writer import AuditWriter, close_writer, writer
 from .broker import KEY_PREFIX, redis_client
 from .models import Status, TaskExecution
 
@@ -594,3 +594,5 @@ def signals_connect() -> None:
     signals.task_revoked.connect(on_task_revoked, dispatch_uid="monitoring.revoked")
     signals.task_unknown.connect(on_task_unknown, dispatch_uid="monitoring.unknown")
     signals.task_rejected.connect(on_task_rejected, dispatch_uid="monitoring.rejected")
+    signals.worker_process_shutdown.connect(close_writer, dispatch_uid="monitoring.writer_child")
+    signals.worker_shutdown.connect(close_writer, dispatch_uid="monitoring.writer")

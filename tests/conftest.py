@@ -5,7 +5,16 @@ import pytest
 import redis
 from django.conf import settings
 
+from monitoring.audit_writer import close_writer
 from tests.processes import process_env, running, worker_args
+
+
+@pytest.fixture(autouse=True)
+def _close_audit_writer():
+    """A test that runs the audit hooks in this process may open the AuditWriter's connection:
+    close it, or the test database cannot be dropped at the end."""
+    yield
+    close_writer()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from monitoring import signals
-from monitoring.audit_writer import AuditWriter
+from monitoring.audit_writer import AuditWriter, close_writer
 from monitoring.models import Status, TaskExecution
 from tests import tasks
 from tests.processes import wait_for
@@ -223,3 +223,21 @@ def test_a_pool_child_that_exits_after_each_task_leaves_every_row(start_worker):
 
     wait_for(finished, timeout=60)
     assert TaskExecution.objects.filter(task_id__in=task_ids).count() == len(task_ids)
+
+
+def test_closing_reads_the_last_answer_so_a_row_refused_at_exit_is_not_dropped(
+    writer, fallen_back, broker
+):
+    refused = a_row(attempt=-1)
+    writer.write(refused)
+
+    writer.close()
+
+    assert [r["task_id"] for r in fallen_back[0]] == [refused["task_id"]]
+
+
+def test_worker_processes_close_their_writer_when_they_exit():
+    from celery import signals as celery_signals
+
+    for signal in (celery_signals.worker_process_shutdown, celery_signals.worker_shutdown):
+        assert close_writer in [ref() for _, ref in signal.receivers]

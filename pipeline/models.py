@@ -9,6 +9,7 @@ the same time, which at-least-once delivery requires.
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,13 +111,22 @@ def validate_aliases(value: object) -> None:
         raise ValidationError('Aliases must be a JSON list of strings, e.g. ["UK", "Britain"].')
 
 
+@dataclass
+class _BuiltMatcher:
+    matcher: Matcher
+    fingerprint: tuple[Any, ...]  # of the entity table when it was built
+    built: float  # time.monotonic()
+    checked: float  # when the fingerprint was last found unchanged
+
+
 class EntityManager(models.Manager):
+    # How long a process trusts its matcher before asking whether the entities changed.
+    MATCHER_CHECK_EVERY = 5.0
     # A backstop for changes the fingerprint cannot see (a queryset .update() or raw SQL, which
     # leave `updated` as it was): a process rebuilds its matcher at least this often.
     MATCHER_MAX_AGE = 600.0
 
-    # This process's matcher: (fingerprint of the table when it was built, built at, matcher).
-    _cached: tuple[tuple[Any, ...], float, Matcher] | None = None
+    _cached: _BuiltMatcher | None = None
     _build_lock = threading.Lock()
 
     def matcher(self) -> Matcher:
@@ -124,31 +134,37 @@ class EntityManager(models.Manager):
 
         Building one costs ~30 ms at 5,000 entities (the query, normalising 10,000 names, the
         automaton), 60 times the matching of a 50-entry feed: built per fetch, matching grew
-        linearly with the entity count (bench/RESULTS.md, target 3). Each call asks instead for
-        a fingerprint of the table, its count and latest `updated` (one query on an index,
-        under a millisecond), and rebuilds only when that changed: an entity added, edited or
-        deleted is matched from the next fetch on, in every worker.
+        linearly with the entity count (bench/RESULTS.md, target 3). Instead a process keeps
+        its matcher and, at most every MATCHER_CHECK_EVERY seconds, asks for a fingerprint of
+        the table (its count and latest `updated`: ~0.5 ms at 5,000 entities, a cost that does
+        grow with them, so not per fetch: a poll's fetches come by the hundred within seconds).
+        It rebuilds when the fingerprint changed: an entity added, edited or deleted is matched
+        by the fetches that start 5 s later, in every worker.
         """
-        fingerprint = tuple(self.aggregate(count=Count("id"), changed=Max("updated")).values())
-        found = self._current(fingerprint)
-        if found is not None:
-            return found
+        now = time.monotonic()
+        cached = EntityManager._cached
+        if cached is not None and now - cached.built < self.MATCHER_MAX_AGE:
+            if now - cached.checked < self.MATCHER_CHECK_EVERY:
+                return cached.matcher
+            fingerprint = self._fingerprint()
+            if fingerprint == cached.fingerprint:
+                cached.checked = now
+                return cached.matcher
         # One build at a time: the threads of a threads-pool worker share the matcher.
         with self._build_lock:
-            found = self._current(fingerprint)
-            if found is None:
-                found = Matcher(
-                    (entity_id, [name, *aliases])
-                    for entity_id, name, aliases in self.values_list("id", "name", "aliases")
-                )
-                EntityManager._cached = (fingerprint, time.monotonic(), found)
-            return found
+            if EntityManager._cached is not cached:  # another thread built it meanwhile
+                return EntityManager._cached.matcher
+            fingerprint = self._fingerprint()
+            matcher = Matcher(
+                (entity_id, [name, *aliases])
+                for entity_id, name, aliases in self.values_list("id", "name", "aliases")
+            )
+            now = time.monotonic()
+            EntityManager._cached = _BuiltMatcher(matcher, fingerprint, built=now, checked=now)
+            return matcher
 
-    def _current(self, fingerprint: tuple[Any, ...]) -> Matcher | None:
-        cached = EntityManager._cached
-        if cached is None or cached[0] != fingerprint:
-            return None
-        return cached[2] if time.monotonic() - cached[1] < self.MATCHER_MAX_AGE else None
+    def _fingerprint(self) -> tuple[Any, ...]:
+        return tuple(self.aggregate(count=Count("id"), changed=Max("updated")).values())
 
 
 class Entity(models.Model):

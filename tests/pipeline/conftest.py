@@ -1,6 +1,14 @@
 import pytest
 
+from pipeline.models import EntityManager
 from tests.feedserver import FeedServer
+
+
+@pytest.fixture(autouse=True)
+def _fresh_entity_matcher(monkeypatch):
+    """Each test has entities of its own (rolled back after it): a matcher cached by an earlier
+    test, trusted for 5 s without asking the database, would match the earlier test's."""
+    monkeypatch.setattr(EntityManager, "_cached", None)
 
 
 @pytest.fixture

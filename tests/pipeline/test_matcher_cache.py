@@ -18,8 +18,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def empty_cache(monkeypatch):
-    monkeypatch.setattr(EntityManager, "_cached", None)
+def check_on_every_call(monkeypatch):
+    """The table's fingerprint checked on every call, not every 5 s (conftest.py starts each
+    test without a matcher)."""
+    monkeypatch.setattr(EntityManager, "MATCHER_CHECK_EVERY", 0.0)
 
 
 def mentions(text: str) -> set[str]:
@@ -38,6 +40,24 @@ def test_the_matcher_is_reused_while_the_entities_stay_the_same():
     assert len(queries) == 1
     assert "COUNT" in queries[0]["sql"].upper()
     assert "MAX" in queries[0]["sql"].upper()
+
+
+def test_within_the_check_interval_the_matcher_is_trusted_without_a_query(monkeypatch):
+    monkeypatch.setattr(EntityManager, "MATCHER_CHECK_EVERY", 5.0)
+    Entity.objects.create(name="Apple", slug="apple")
+    first = Entity.objects.matcher()
+    Entity.objects.create(name="Tesla", slug="tesla")
+
+    with CaptureQueriesContext(connection) as queries:
+        again = Entity.objects.matcher()
+    assert again is first
+    assert len(queries) == 0
+    assert mentions("Tesla") == set()  # not yet
+
+    checked = EntityManager._cached.checked
+    monkeypatch.setattr(EntityManager._cached, "checked", checked - 5.0)
+
+    assert mentions("Tesla") == {"tesla"}
 
 
 def test_an_added_entity_is_matched_from_the_next_call_on():

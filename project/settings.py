@@ -275,8 +275,9 @@ NEWSBEAT_FETCH_ATTEMPTS = env_int("NEWSBEAT_FETCH_ATTEMPTS", 4, minimum=1)
 # First backoff wait in seconds before a retry (doubles each time, with jitter).
 NEWSBEAT_FETCH_BACKOFF = 1.0
 # The audit hook commits a task's final row without waiting for the disk (synchronous_commit off
-# for that statement): a PostgreSQL crash within ~0.6 s of a task's end can lose its row. On:
-# wait for the disk, at a fraction of the throughput of very short tasks (bench/RESULTS.md).
+# for audit rows only): a PostgreSQL crash within ~0.6 s of a task's end can lose its row. On:
+# wait for the disk, which with the audit writer below costs very short tasks ~1 % here, more
+# on a busy disk (bench/RESULTS.md).
 NEWSBEAT_AUDIT_SYNCHRONOUS_COMMIT = env_bool("NEWSBEAT_AUDIT_SYNCHRONOUS_COMMIT", False)
 # On PostgreSQL a worker process sends each final audit row on a connection of its own without
 # waiting for the answer, read before the next row (monitoring/audit_writer.py). Off: wait on

@@ -129,10 +129,13 @@ def describe_request(task: Any, request: Any) -> dict[str, Any]:
 def describe_error(exception: BaseException | None, einfo: Any) -> dict[str, str]:
     if exception is None:
         return {}
+    # PostgreSQL text cannot hold NUL characters; an error message may.
     return {
         "error_type": type(exception).__qualname__[:255],
-        "error_message": str(exception)[:MESSAGE_MAX_CHARS],
-        "traceback": (str(einfo.traceback) if einfo is not None else "")[-TRACEBACK_MAX_CHARS:],
+        "error_message": str(exception)[:MESSAGE_MAX_CHARS].replace("\x00", "\ufffd"),
+        "traceback": (str(einfo.traceback) if einfo is not None else "")[
+            -TRACEBACK_MAX_CHARS:
+        ].replace("\x00", "\ufffd"),
     }
 
 
@@ -433,11 +436,22 @@ def write_row_once(row: dict[str, Any]) -> bool:
     return True
 
 
+def end_backend(pid: int) -> None:
+    """End the AuditWriter's old backend and wait for it (up to 5 s), so a row it may still be
+    running is committed or gone before write_row_once looks for it."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+    except DatabaseError:
+        logger.warning("event=audit_error step=end_backend pid=%s", pid, exc_info=True)
+        close_old_connections()
+
+
 def audit_writer() -> AuditWriter:
     def make() -> AuditWriter:
         insert = prepared_insert()
         sql = insert.sql % tuple(f"${i}" for i in range(1, len(insert.fields) + 1))
-        return AuditWriter(sql, insert.params, write_row_once)
+        return AuditWriter(sql, insert.params, write_row_once, end_backend)
 
     return writer(make)
 

@@ -4,6 +4,7 @@ import contextlib
 import time
 
 from celery import shared_task
+from celery.signals import task_postrun
 
 
 @shared_task(name="tests.add")
@@ -70,3 +71,28 @@ def hang(seconds: float) -> None:
     while time.monotonic() < deadline:
         with contextlib.suppress(SoftTimeLimitExceeded):
             time.sleep(0.1)
+
+
+@shared_task(name="tests.die_after_postrun")
+def die_after_postrun(marker: str) -> str:
+    """Succeeds; the first time, its worker process is killed right after the audit hook's
+    task_postrun sent the row (see the receiver below), its answer unread."""
+    return "done"
+
+
+def _kill_after_postrun(sender=None, task_id: str = "", args=(), **kwargs) -> None:
+    import os
+    import signal
+    from pathlib import Path
+
+    if getattr(sender, "name", "") != "tests.die_after_postrun":
+        return
+    path = Path(args[0])
+    if not path.exists():
+        path.write_text(task_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Connected after the audit hooks (monitoring's AppConfig.ready() ran before this module was
+# imported by the worker), so it runs after the final row was sent.
+task_postrun.connect(_kill_after_postrun, dispatch_uid="tests.kill_after_postrun")

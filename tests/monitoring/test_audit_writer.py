@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from monitoring import signals
+from monitoring import audit_writer, signals
 from monitoring.audit_writer import AuditWriter, close_writer
 from monitoring.models import Status, TaskExecution
 from tests import tasks
@@ -55,7 +55,7 @@ def fallen_back(monkeypatch):
 def writer(transactional_db, fallen_back):
     insert = signals.prepared_insert()
     sql = insert.sql % tuple(f"${i}" for i in range(1, len(insert.fields) + 1))
-    made = AuditWriter(sql, insert.params, fallen_back[1])
+    made = AuditWriter(sql, insert.params, fallen_back[1], signals.end_backend)
     yield made
     made.close()
 
@@ -193,36 +193,85 @@ def broken_insert(row):
     raise OperationalError("the database is down")
 
 
-def test_threads_share_one_writer(writer):
+def test_threads_share_one_writer(writer, fallen_back):
     rows = [a_row() for _ in range(200)]
+    done = threading.Event()
 
     def send(part):
         for row in part:
             writer.write(row)
 
+    def poll():  # the started-row thread's idle check, meanwhile
+        while not done.is_set():
+            writer.poll()
+
     threads = [threading.Thread(target=send, args=(rows[i::4],)) for i in range(4)]
-    for thread in threads:
+    poller = threading.Thread(target=poll)
+    for thread in [*threads, poller]:
         thread.start()
     for thread in threads:
         thread.join()
+    done.set()
+    poller.join()
     writer.close()
 
+    assert fallen_back[0] == []
     assert len(rows_of(*[r["task_id"] for r in rows])) == 200
 
 
 @pytest.mark.integration
-def test_a_pool_child_that_exits_after_each_task_leaves_every_row(start_worker):
-    """--max-tasks-per-child=1: each child sends its one row and exits at once, its answer
-    unread. PostgreSQL runs a statement it received though the client is gone."""
-    start_worker("w1", "--concurrency=2", "--max-tasks-per-child=1")
-    task_ids = [tasks.add.delay(i, i).id for i in range(20)]
+def test_a_pool_child_killed_right_after_sending_a_row_leaves_it(start_worker, tmp_path):
+    """The child is SIGKILLed by a task_postrun receiver that runs after the audit hook: its
+    row was sent, its answer never read. The result was stored before, so Celery acknowledges
+    the task ("succeeded before the worker was lost"): its row must be there. PostgreSQL runs
+    a statement whose client has gone."""
+    worker = start_worker("w1", "--concurrency=1")
+    marker = tmp_path / "killed"
+    task_id = tasks.die_after_postrun.delay(str(marker)).id
 
-    def finished():
-        done = TaskExecution.objects.filter(task_id__in=task_ids, status=Status.SUCCEEDED)
-        return done.count() == len(task_ids)
+    worker.wait_for_output("succeeded before the worker was lost", timeout=60)
+    [row] = wait_for(lambda: list(TaskExecution.objects.filter(task_id=task_id)), timeout=10)
 
-    wait_for(finished, timeout=60)
-    assert TaskExecution.objects.filter(task_id__in=task_ids).count() == len(task_ids)
+    assert marker.read_text() == task_id
+    assert (row.status, row.result) == (Status.SUCCEEDED, "done")
+
+
+def test_a_row_stuck_behind_a_lock_past_the_timeout_is_written_once(
+    writer, fallen_back, monkeypatch
+):
+    """The writer gives up waiting, but its backend would still insert the row once the lock
+    goes: it is ended first, so the fallback's write is the only one."""
+    writer.write(a_row())
+    writer._answer(block=True)
+    monkeypatch.setattr(audit_writer, "ANSWER_TIMEOUT", 1.0)
+    blocker = psycopg.connect(**connection.get_connection_params(), autocommit=False)
+    blocker.execute("LOCK TABLE monitoring_taskexecution IN SHARE MODE")
+    threading.Timer(3.0, blocker.commit).start()
+    stuck, after = a_row(), a_row()
+
+    writer.write(stuck)
+    writer.write(after)  # gives up on `stuck` after 1 s, ends its backend, falls back
+    writer.close()
+    blocker.close()
+
+    assert [r["task_id"] for r in fallen_back[0]][:1] == [stuck["task_id"]]
+    assert len(rows_of(stuck["task_id"])) == 1
+    assert len(rows_of(after["task_id"])) == 1
+
+
+def test_a_connection_that_died_idle_is_not_trusted_with_the_next_row(
+    writer, fallen_back, monkeypatch
+):
+    writer.write(a_row())
+    writer._answer(block=True)
+    terminate(writer_backend_pid(writer))
+    monkeypatch.setattr(audit_writer, "IDLE_CHECK_AFTER", 0.0)
+    row = a_row()
+
+    assert writer.write(row) is True
+    # Written before write() returned, through the fallback: not sent into a dead socket.
+    assert [r["task_id"] for r in fallen_back[0]] == [row["task_id"]]
+    assert len(rows_of(row["task_id"])) == 1
 
 
 def test_closing_reads_the_last_answer_so_a_row_refused_at_exit_is_not_dropped(

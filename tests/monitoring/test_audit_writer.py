@@ -3,6 +3,7 @@ of its own, answers read later. What it sends must land exactly once, whatever h
 connection or the process between sending and reading the answer."""
 
 import json
+import select
 import threading
 import uuid
 from datetime import timedelta
@@ -246,7 +247,7 @@ def test_a_row_stuck_behind_a_lock_past_the_timeout_is_written_once(
     monkeypatch.setattr(audit_writer, "ANSWER_TIMEOUT", 1.0)
     blocker = psycopg.connect(**connection.get_connection_params(), autocommit=False)
     blocker.execute("LOCK TABLE monitoring_taskexecution IN SHARE MODE")
-    threading.Timer(3.0, blocker.commit).start()
+    threading.Timer(5.0, blocker.commit).start()
     stuck, after = a_row(), a_row()
 
     writer.write(stuck)
@@ -259,12 +260,20 @@ def test_a_row_stuck_behind_a_lock_past_the_timeout_is_written_once(
     assert len(rows_of(after["task_id"])) == 1
 
 
+def readable(sock: int) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def test_a_connection_that_died_idle_is_not_trusted_with_the_next_row(
     writer, fallen_back, monkeypatch
 ):
     writer.write(a_row())
     writer._answer(block=True)
     terminate(writer_backend_pid(writer))
+    # The backend leaves pg_stat_activity a moment before its goodbye reaches the socket.
+    wait_for(lambda: readable(writer._wrapper.connection.pgconn.socket), timeout=10)
     monkeypatch.setattr(audit_writer, "IDLE_CHECK_AFTER", 0.0)
     row = a_row()
 

@@ -82,7 +82,6 @@ def run(logs: Path, seconds: float) -> list[Row]:
         p99,
         max(late) if late else float("nan"),
     )
-    worker_growth, beat_growth = growth(worker_rss, warmup), growth(beat_rss, warmup)
     soak = f"{seconds:.0f} s soak, {JOBS} jobs every {INTERVAL:.0f} s"
     return [
         Row(
@@ -94,22 +93,20 @@ def run(logs: Path, seconds: float) -> list[Row]:
             passed=bool(late) and p99 < 1 and len(records) >= 0.9 * expected,
             note=f"{len(records)} runs of {expected} due; {soak}",
         ),
-        Row(
-            "6 soak: worker memory growth",
-            worker_growth * 100,
-            "%",
-            reference=f"{worker_rss[warmup] / 2**20:.0f} MiB at start" if worker_rss else "-",
-            target="<= 10 %",
-            passed=worker_growth <= 0.10,
-            note=f"{worker_rss[-1] / 2**20:.0f} MiB at end; {soak}" if worker_rss else soak,
-        ),
-        Row(
-            "6 soak: beat memory growth",
-            beat_growth * 100,
-            "%",
-            reference=f"{beat_rss[warmup] / 2**20:.0f} MiB at start" if beat_rss else "-",
-            target="<= 10 %",
-            passed=beat_growth <= 0.10,
-            note=f"{beat_rss[-1] / 2**20:.0f} MiB at end" if beat_rss else "",
-        ),
+        memory_row("worker", worker_rss, warmup, soak),
+        memory_row("beat", beat_rss, warmup, soak),
     ]
+
+
+def memory_row(name: str, rss: list[int], warmup: int, soak: str) -> Row:
+    """Growth of a process's memory over the soak (first against last tenth after warm-up)."""
+    grew = growth(rss, warmup)
+    return Row(
+        f"6 soak: {name} memory growth",
+        grew * 100,
+        "%",
+        reference=f"{rss[warmup] / 2**20:.0f} MiB at start" if rss else "-",
+        target="<= 10 %",
+        passed=grew <= 0.10,
+        note=f"{rss[-1] / 2**20:.0f} MiB at end; {soak}" if rss else soak,
+    )

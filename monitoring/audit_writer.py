@@ -97,7 +97,6 @@ class AuditWriter:
         self._unanswered: dict[str, Any] | None = None
         self._last_answer = 0.0
         self._retry_at = 0.0
-        self.sent = 0
 
     def write(self, row: dict[str, Any]) -> bool:
         """Send `row` (a finished TaskExecution row as {attname: value}). Never raises for
@@ -203,7 +202,6 @@ class AuditWriter:
             self._unanswered = None
             self._broken(error)
             return True  # handed to the fallback: written or spooled there
-        self.sent += 1
         return True
 
     def _answer(self, block: bool) -> list[tuple[dict[str, Any], int]]:

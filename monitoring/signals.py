@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -317,24 +318,16 @@ def on_task_postrun(
     # The lock waits for the writer thread should it be writing this task's started row now.
     with running["lock"]:
         running["done"] = True
-        if running["pk"] is None and sends_without_waiting(task):
-            spooled = not audit_writer().write(row)
+        if running["pk"] is not None:
+            pk = running["pk"]
+            written = write_or_spool(
+                row, lambda: TaskExecution.objects.filter(pk=pk).update(**finished)
+            )
+        elif sends_without_waiting(task):
+            written = audit_writer().write(row)
         else:
-            try:
-                if running["pk"] is not None:
-                    TaskExecution.objects.filter(pk=running["pk"]).update(**finished)
-                else:
-                    insert_row(row)
-            except DatabaseError:
-                logger.exception(
-                    "event=audit_error step=finish task_id=%s status=%s", task_id, status
-                )
-                close_old_connections()
-                spool_row(row)
-                spooled = True
-            else:
-                spooled = False
-    if _spooled_here and not spooled:
+            written = write_or_spool(row, lambda: insert_row(row))
+    if _spooled_here and written:
         try:
             replay_spool()
         except DatabaseError:
@@ -418,22 +411,39 @@ def sends_without_waiting(task: Any) -> bool:
     )
 
 
-def write_row_once(row: dict[str, Any]) -> bool:
-    """The AuditWriter's fallback: INSERT a row it could not confirm, unless it is in the table
-    (its statement may have run before the connection broke). When the database fails, spool
-    the row and return False."""
+def write_or_spool(row: dict[str, Any], write: Callable[[], Any]) -> bool:
+    """Run `write` for a finished row; when the database fails, keep the row in the spool
+    instead and return False."""
     try:
-        written = TaskExecution.objects.filter(
-            task_id=row["task_id"], attempt=row["attempt"], finished_at=row["finished_at"]
-        )
-        if not written.exists():
-            insert_row(row)
+        write()
     except DatabaseError:
-        logger.exception("event=audit_error step=finish task_id=%s", row["task_id"])
+        logger.exception(
+            "event=audit_error step=finish task_id=%s status=%s", row["task_id"], row["status"]
+        )
         close_old_connections()
         spool_row(row)
         return False
     return True
+
+
+def finished_row(row: dict[str, Any]) -> models.QuerySet:
+    """The row as written: a write whose outcome was not known (the AuditWriter's connection
+    broke, a replay) may have landed already."""
+    return TaskExecution.objects.filter(
+        task_id=row["task_id"], attempt=row["attempt"], finished_at=row["finished_at"]
+    )
+
+
+def write_row_once(row: dict[str, Any]) -> bool:
+    """The AuditWriter's fallback: INSERT a row it could not confirm, unless it is in the table
+    (its statement may have run before the connection broke). When the database fails, spool
+    the row and return False."""
+
+    def insert_unless_written() -> None:
+        if not finished_row(row).exists():
+            insert_row(row)
+
+    return write_or_spool(row, insert_unless_written)
 
 
 def end_backend(pid: int) -> None:
@@ -499,16 +509,11 @@ def replay_spool(limit: int = 10_000) -> int:
         if record["duration"] is not None:
             record["duration"] = timedelta(seconds=record["duration"])
         try:
-            same = TaskExecution.objects.filter(
-                task_id=record["task_id"], attempt=record["attempt"]
+            started = TaskExecution.objects.filter(
+                task_id=record["task_id"], attempt=record["attempt"], status=Status.STARTED
             )
-            started = same.filter(status=Status.STARTED)
             finished = {k: v for k, v in record.items() if k != "started_at"}
-            # A row the AuditWriter sent just before its connection broke may be in already.
-            if (
-                not started.update(**finished)
-                and not same.filter(finished_at=record["finished_at"]).exists()
-            ):
+            if not started.update(**finished) and not finished_row(record).exists():
                 TaskExecution.objects.create(**record)
         except DatabaseError:
             client.lpush(SPOOL_KEY, raw)

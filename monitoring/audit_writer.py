@@ -259,19 +259,17 @@ class AuditWriter:
 
 
 def _check_idle(pgconn: Any) -> None:
-    """Raise if an idle connection is gone: a backend ended by a restart, an idle timeout or
-    pg_terminate_backend says goodbye (an error message, then end of file), and the next
-    statement would go into a dead socket with no error. A healthy idle connection has nothing
-    to read: one poll() with no wait."""
+    """Raise if an idle connection is being ended: a backend ended by a restart, an idle timeout
+    or pg_terminate_backend says goodbye (an error message, then end of file, which may come a
+    moment later), and the next statement would go into a dead socket with no error. A healthy
+    idle connection has nothing to read: one poll() with no wait. Anything else that arrives
+    unasked (a setting changed by a failover) is reason enough to reconnect."""
     poller = select.poll()
     poller.register(pgconn.socket, select.POLLIN)
-    for _ in range(2):  # the goodbye, then the end of file
-        if not poller.poll(0):
-            return
-        pgconn.consume_input()  # raises at the end of file
-        if pgconn.status != pq.ConnStatus.OK:
-            raise ConnectionError("the audit connection was closed while idle")
-    raise ConnectionError("unexpected data on an idle audit connection")
+    if not poller.poll(0):
+        return
+    pgconn.consume_input()  # raises at the end of file
+    raise ConnectionError("the server sent data to an idle audit connection: reconnecting")
 
 
 def _wait(sock: int, write: bool) -> None:
